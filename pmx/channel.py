@@ -1,0 +1,86 @@
+"""The master <-> worker channel: message framing over a unix socket pair.
+
+Each worker has one socket pair with its master. On Linux it is ``SOCK_SEQPACKET``
+(message boundaries kept, and a clean EOF when the other side goes away); elsewhere
+``SOCK_DGRAM``. Every message is one datagram whose first byte is its kind:
+
+master -> worker
+    ``H`` + JSON   hello: the worker id and the app config (the first message)
+    ``F``          one or more connection fds in SCM_RIGHTS ancillary data
+    ``S``          stop: no fd follows; serve what you hold, then exit
+
+worker -> master
+    ``R`` + JSON   ready: app imported and lifespan startup complete
+    ``L`` + 4 x u64  load: fds received, open connections, requests in flight,
+                   requests served (absolute counters, so reports may coalesce)
+    ``E`` + JSON   boot error: message and traceback, sent before exiting
+    ``D``          leaving: the worker was told to stop (SIGTERM); the master takes it
+                   out of rotation and answers ``S`` once no fd can follow
+
+Because a socket pair delivers in order, ``S`` arriving after the last ``F`` is what
+guarantees that no handed-off connection is left unread when a worker stops.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+HELLO = b"H"
+FDS = b"F"
+STOP = b"S"
+READY = b"R"
+LOAD = b"L"
+ERROR = b"E"
+LEAVING = b"D"
+
+MAX_MESSAGE = 256 * 1024
+MAX_FDS = 253  # SCM_MAX_FD on Linux
+_LOAD = struct.Struct("!QQQQ")
+
+
+@dataclass(frozen=True)
+class Load:
+    received: int = 0
+    connections: int = 0
+    inflight: int = 0
+    requests: int = 0
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    kind = socket.SOCK_SEQPACKET if sys.platform.startswith("linux") else socket.SOCK_DGRAM
+    return socket.socketpair(socket.AF_UNIX, kind)
+
+
+def encode_json(kind: bytes, payload: dict[str, Any]) -> bytes:
+    return kind + json.dumps(payload).encode()
+
+
+def decode_json(message: bytes) -> dict[str, Any]:
+    data = json.loads(message[1:].decode())
+    if not isinstance(data, dict):
+        raise ValueError("channel message is not a JSON object")
+    return data
+
+
+def encode_load(load: Load) -> bytes:
+    return LOAD + _LOAD.pack(load.received, load.connections, load.inflight, load.requests)
+
+
+def decode_load(message: bytes) -> Load:
+    return Load(*_LOAD.unpack(message[1 : 1 + _LOAD.size]))
+
+
+def send_fds(sock: socket.socket, fds: list[int]) -> None:
+    """Send up to MAX_FDS descriptors in one message. Raises OSError (EAGAIN...)."""
+    socket.send_fds(sock, [FDS], fds)
+
+
+def recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the fds that came with it. ``b""`` means the peer is gone."""
+    message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    return message, fds

@@ -1,0 +1,58 @@
+"""``pmx run``: the engine in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from pmx import aio
+from pmx.cli.options import app_options, build_config
+from pmx.errors import BootError, PmxError
+from pmx.master.arbiter import Master
+
+
+class BootFailed(click.ClickException):
+    """One line of error, then the tail of the worker's traceback."""
+
+    def __init__(self, error: BootError) -> None:
+        super().__init__(error.message)
+        self.detail = error.detail
+
+    def show(self, file: Any = None) -> None:
+        super().show(file)
+        if self.detail:
+            out = file or sys.stderr
+            for line in self.detail.splitlines():
+                click.echo(f"  {line}", file=out, err=True)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s pmx %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    logger = logging.getLogger("pmx")
+    logger.handlers[:] = [handler]
+    logger.setLevel("DEBUG" if level in ("debug", "trace") else "INFO")
+    logger.propagate = False
+
+
+@click.command()
+@app_options
+def run(**opts: Any) -> None:
+    """Run TARGET (module:attribute) with N workers in the foreground.
+
+    The master listens on --bind and hands each connection to a worker; SIGTERM or
+    Ctrl-C stops gracefully (a second Ctrl-C stops at once).
+    """
+    config = build_config(opts)
+    setup_logging(config.log_level)
+    try:
+        aio.run(Master(config).serve())
+    except BootError as exc:
+        raise BootFailed(exc) from None
+    except PmxError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,200 @@
+"""AppConfig: the plain settings of one app.
+
+Everything here is plain data (str, int, float, bool, dict), validated once by
+``AppConfig.validate`` and then handed unchanged to the master and, as JSON, to each
+worker. Parsing helpers raise :class:`ConfigError` with the offending key and a
+message that quotes the value and shows the expected form; the CLI and the config file
+loader add where the value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pmx.errors import ConfigError
+
+BALANCE_POLICIES = ("round-robin", "least-conn")
+INTERFACES = ("auto", "asgi", "wsgi")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+@dataclass(frozen=True)
+class BindAddress:
+    """Where the master listens: a TCP host and port, or a unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def is_unix(self) -> bool:
+        return bool(self.path)
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class AppConfig:
+    app: str
+    name: str = ""
+    workers: int = 1
+    bind: str = "127.0.0.1:8000"
+    balance: str = "round-robin"
+    interface: str = "auto"
+    app_dir: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    graceful_timeout: float = 30.0
+    max_boot_failures: int = 5
+    log_level: str = "info"
+    access_log: bool = True
+    timeout_keep_alive: int = 5
+    backlog: int = 2048
+    proxy_headers: bool = True
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    def validate(self) -> AppConfig:
+        """Check every field, fill defaults that depend on others; return self."""
+        check_import_string(self.app)
+        if not self.name:
+            self.name = self.app.partition(":")[0]
+        check_name(self.name)
+        self.workers = parse_workers(self.workers)
+        self.bind = str(parse_bind(self.bind))
+        self.balance = check_choice("balance", self.balance, BALANCE_POLICIES)
+        self.interface = check_choice("interface", self.interface, INTERFACES)
+        self.log_level = check_choice("log_level", self.log_level, LOG_LEVELS)
+        self.graceful_timeout = parse_seconds("graceful_timeout", self.graceful_timeout)
+        self.max_boot_failures = parse_positive_int("max_boot_failures", self.max_boot_failures)
+        self.timeout_keep_alive = parse_positive_int("timeout_keep_alive", self.timeout_keep_alive)
+        self.backlog = parse_positive_int("backlog", self.backlog)
+        if self.app_dir:
+            if not os.path.isdir(self.app_dir):
+                raise ConfigError("app_dir", f"'{self.app_dir}' is not a directory.")
+            self.app_dir = os.path.abspath(self.app_dir)
+        for key in self.env:
+            check_env_key(key)
+        return self
+
+    @property
+    def bind_address(self) -> BindAddress:
+        return parse_bind(self.bind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AppConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(key, f"unknown key '{key}'.")
+        return cls(**data)
+
+
+def check_import_string(value: str) -> str:
+    module, sep, attr = value.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(
+            "app", f'Import string "{value}" must be in format "<module>:<attribute>".'
+        )
+    return value
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_name(value: str) -> str:
+    if not _NAME_RE.match(value) or len(value) > 64:
+        raise ConfigError(
+            "name",
+            f"'{value}' is not a valid app name: expected letters, digits, '.', '_' or '-'.",
+        )
+    return value
+
+
+def parse_workers(value: object) -> int:
+    """``4``, ``"4"`` or ``"max"`` (one worker per CPU)."""
+    text = str(value).strip()
+    if text == "max":
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ConfigError(
+            "workers",
+            f"'{value}' is not a valid worker count: expected a whole number >= 1 or 'max'.",
+        )
+    return int(text)
+
+
+def parse_bind(value: str) -> BindAddress:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` (all interfaces) or ``unix:PATH``."""
+    text = str(value).strip()
+    expected = f"'{value}' is not a valid bind address: expected HOST:PORT or unix:PATH."
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path:
+            raise ConfigError("bind", expected)
+        return BindAddress(path=os.path.abspath(path))
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError("bind", expected)
+    host = host or "0.0.0.0"
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError("bind", expected) from None
+    return BindAddress(host=host, port=int(port_text))
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        options = ", ".join(f"'{c}'" for c in choices)
+        raise ConfigError(key, f"'{value}' is not one of {options}.")
+    return value
+
+
+def parse_seconds(key: str, value: object) -> float:
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(key, f"'{value}' is not a valid duration: expected seconds >= 0.")
+    return seconds
+
+
+def parse_positive_int(key: str, value: object) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ConfigError(key, f"'{value}' is not valid: expected a whole number >= 1.")
+    return int(text)
+
+
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_env_key(key: str) -> str:
+    if not _ENV_KEY_RE.match(key):
+        raise ConfigError("env", f"'{key}' is not a valid environment variable name.")
+    return key
+
+
+def parse_env_item(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` from ``--env``."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ConfigError("env", f"'{item}' is not valid: expected KEY=VALUE.")
+    return check_env_key(key), value

@@ -1,0 +1,1 @@
+"""The master: one app's listening socket, connection dispatch, worker lifecycle."""

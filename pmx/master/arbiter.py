@@ -1,0 +1,461 @@
+"""The master of one app: accept, dispatch, supervise, stop.
+
+Design. One asyncio loop does everything; nothing blocks it. Three kinds of input reach
+it: the listening socket becoming readable (accept and dispatch, ``_on_accept``), a
+worker's channel becoming readable (ready / load / error / leaving, ``_on_message``) and
+*events* on ``self.events``: signals (their handlers only enqueue), respawn timers and a
+periodic tick. ``_handle`` is the one place that acts on events.
+
+Invariants:
+
+- Only workers in ``self.rotation`` (state READY, ordered by id) receive connections,
+  and the listening socket is watched only while the rotation is non-empty, so with no
+  ready worker, connections wait in the kernel backlog instead of being dropped.
+- Every fd the master accepts is either sent to a worker or closed, in the same
+  callback; the master never keeps a connection and never reads from one.
+- A worker leaves the rotation *before* it is sent STOP, and STOP is the last message
+  it gets: everything sent before is in the channel ahead of it and will be served.
+- A worker's exit is noticed by reaping (its pidfd becomes readable; the tick is a
+  backstop). Exits of
+  workers that were not told to stop are failures: the slot is respawned after a
+  backoff, unless the app is stopping, never came up (boot error: abort), or has failed
+  to boot ``max_boot_failures`` times in a row (errored: stop respawning).
+- When ``serve`` returns or raises, no worker process is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from setproctitle import setproctitle
+
+from pmx import channel
+from pmx.config import AppConfig
+from pmx.errors import AppErrored, BootError, PmxError
+from pmx.master.backoff import Backoff
+from pmx.master.balancer import make_policy
+from pmx.master.listener import bound_address, listen
+from pmx.master.workers import Worker, WorkerState, describe_exit
+
+log = logging.getLogger("pmx.master")
+
+ACCEPT_BATCH = 64
+# Without pidfds (macOS) exits are found by polling on every tick.
+_HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
+BOOT_ERROR = 3  # the worker's exit code when the app cannot start (pmx.worker.process)
+
+
+class AppState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    ERRORED = "errored"  # gave up respawning after repeated boot failures
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Master:
+    def __init__(
+        self,
+        config: AppConfig,
+        listener: socket.socket | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.listener = listener
+        self.owns_listener = listener is None
+        self.address = config.bind_address
+        self.policy = make_policy(config.balance)
+        self.state = AppState.STARTING
+        self.live: list[Worker] = []
+        self.rotation: list[Worker] = []
+        self.backoffs: dict[int, Backoff] = {}
+        self.respawns: dict[int, asyncio.TimerHandle] = {}
+        self.boot_failures = 0
+        self.ever_ready = False
+        self.accepting = False
+        self.failure: PmxError | None = None
+        self.stop_deadline = 0.0
+        self.stop_signal: int | None = None
+        self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.tick_interval = 1.0 if _HAS_PIDFD else 0.2
+
+    # ----------------------------------------------------------------- main loop
+
+    async def serve(self) -> None:
+        """Run until stopped by a signal. Raises BootError / AppErrored / BindError."""
+        loop = asyncio.get_running_loop()
+        self.events = asyncio.Queue()
+        if self.listener is None:
+            self.listener = listen(self.address, self.config.backlog)
+        self.listener.setblocking(False)
+        self.address = bound_address(self.listener, self.address)
+        setproctitle(f"pmx: master {self.config.name} {self.address}")
+        handled = (signal.SIGTERM, signal.SIGINT)
+        for sig in handled:
+            loop.add_signal_handler(sig, self.events.put_nowait, ("signal", sig))
+        try:
+            log.info(
+                "starting %s: %d worker(s) of %s on %s (%s)",
+                self.config.name, self.config.workers, self.config.app,
+                self._url(), self.policy.name,
+            )
+            for worker_id in range(1, self.config.workers + 1):
+                self.spawn(worker_id)
+            while self.state is not AppState.STOPPED:
+                timeout = 0.05 if self.state is AppState.STOPPING else self.tick_interval
+                try:
+                    event = await asyncio.wait_for(self.events.get(), timeout)
+                except asyncio.TimeoutError:
+                    event = ("tick",)
+                self._handle(event)
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            self._stop_accepting()
+            self._kill_all()
+            if self.owns_listener and self.listener is not None:
+                self.listener.close()
+                if self.address.is_unix and os.path.exists(self.address.path):
+                    os.unlink(self.address.path)
+        if self.failure is not None:
+            raise self.failure
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "signal":
+            self._handle_signal(event[1])
+        elif kind == "spawn":
+            self.respawns.pop(event[1], None)
+            if self.state in (AppState.STARTING, AppState.RUNNING):
+                self.spawn(event[1])
+        self.reap()
+        if self.state is AppState.STOPPING:
+            self._check_stop()
+
+    def _handle_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self.state is AppState.STOPPING and sig == signal.SIGINT == self.stop_signal:
+            log.warning("second SIGINT: stopping now, killing %d worker(s)", len(self.live))
+            for worker in self.live:
+                self._kill(worker)
+            return
+        self.begin_stop(name)
+        self.stop_signal = sig
+
+    # ------------------------------------------------------------------ workers
+
+    def spawn(self, worker_id: int) -> Worker:
+        parent, child = channel.socketpair()
+        env = dict(os.environ)
+        env.update(self.config.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PMX_WORKER_ID"] = str(worker_id)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pmx.worker", str(child.fileno())],
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            child.close()
+        hello = {
+            "worker_id": worker_id,
+            "config": self.config.to_dict(),
+            "report_changes": self.policy.name != "round-robin",
+        }
+        parent.send(channel.encode_json(channel.HELLO, hello))
+        parent.setblocking(False)
+        worker = Worker(id=worker_id, process=process, chan=parent, started_at=self.clock())
+        self.live.append(worker)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(parent.fileno(), self._on_message, worker)
+        if _HAS_PIDFD:
+            # Readable when the process exits: reaping without SIGCHLD, which uvloop keeps.
+            worker.pidfd = os.pidfd_open(process.pid)
+            loop.add_reader(worker.pidfd, self.events.put_nowait, ("exit",))
+        log.debug("worker #%d spawned (pid %d)", worker_id, process.pid)
+        return worker
+
+    def _on_message(self, worker: Worker) -> None:
+        while True:
+            try:
+                message, fds = channel.recv(worker.chan)
+            except BlockingIOError:
+                return
+            except OSError:
+                message, fds = b"", []
+            for fd in fds:
+                os.close(fd)
+            kind = message[:1]
+            if kind == channel.LOAD:
+                worker.report = channel.decode_load(message)
+            elif kind == channel.READY:
+                self._on_ready(worker)
+            elif kind == channel.ERROR:
+                worker.error = str(channel.decode_json(message).get("error", ""))
+            elif kind == channel.LEAVING:
+                self._on_leaving(worker)
+            elif not message:
+                asyncio.get_running_loop().remove_reader(worker.chan.fileno())
+                self.events.put_nowait(("eof",))  # the exit follows; reap soon
+                return
+
+    def _on_ready(self, worker: Worker) -> None:
+        if worker.state is not WorkerState.STARTING:
+            self._send_stop(worker)
+            return
+        worker.ready_at = self.clock()
+        worker.transition(WorkerState.READY)
+        self.boot_failures = 0
+        log.info(
+            "worker #%d (pid %d) ready in %.2f s",
+            worker.id, worker.pid, worker.ready_at - worker.started_at,
+        )
+        self.rotation.append(worker)
+        self.rotation.sort(key=lambda w: w.id)
+        self._start_accepting()
+        if not self.ever_ready:
+            self.ever_ready = True
+            self.state = AppState.RUNNING
+            log.info("%s is serving on %s", self.config.name, self._url())
+
+    def _on_leaving(self, worker: Worker) -> None:
+        """The worker got SIGTERM from someone: drain it and start a replacement."""
+        if worker.state is WorkerState.READY:
+            log.info("worker #%d (pid %d) asked to stop; replacing it", worker.id, worker.pid)
+            self._drain(worker)
+            if self.state in (AppState.STARTING, AppState.RUNNING):
+                self.spawn(worker.id)
+        else:
+            self._send_stop(worker)
+
+    def _drain(self, worker: Worker) -> None:
+        """Out of rotation first, then STOP: no fd can follow the STOP."""
+        self._leave_rotation(worker)
+        if worker.state is WorkerState.STARTING:
+            worker.transition(WorkerState.DRAINING, "stop before ready")
+            self._signal(worker, signal.SIGTERM)
+            return
+        worker.transition(WorkerState.DRAINING)
+        self._send_stop(worker)
+
+    def _send_stop(self, worker: Worker) -> None:
+        try:
+            worker.chan.send(channel.STOP)
+        except OSError:
+            pass  # it is gone already; reaping will tell
+
+    def reap(self) -> None:
+        for worker in list(self.live):
+            code = worker.process.poll()
+            if code is not None:
+                self._on_exit(worker, code)
+
+    def _on_exit(self, worker: Worker, code: int) -> None:
+        worker.exit_code = code
+        self.live.remove(worker)
+        self._leave_rotation(worker)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(worker.chan.fileno())
+        self._on_message(worker)  # a last ERROR may still be queued
+        worker.chan.close()
+        if worker.pidfd >= 0:
+            loop.remove_reader(worker.pidfd)
+            os.close(worker.pidfd)
+            worker.pidfd = -1
+        uptime = self.clock() - worker.started_at
+        if worker.state is WorkerState.DRAINING:
+            worker.transition(WorkerState.STOPPED)
+            log.info("worker #%d (pid %d) stopped (%s)", worker.id, worker.pid, describe_exit(code))
+            return
+        was_ready = worker.ready_at is not None
+        worker.transition(WorkerState.FAILED, describe_exit(code))
+        if self.state is AppState.STOPPING:
+            return
+        if not was_ready:
+            self.boot_failures += 1
+            if not self.ever_ready and (
+                code == BOOT_ERROR or self.boot_failures >= self.config.max_boot_failures
+            ):
+                self._fail(self._boot_error(worker, code))
+                return
+            if self.boot_failures >= self.config.max_boot_failures:
+                self._give_up(worker, code)
+                return
+        backoff = self.backoffs.setdefault(worker.id, Backoff())
+        delay = backoff.on_exit(uptime)
+        log.warning(
+            "worker #%d (pid %d) died (%s) after %.1f s; restarting in %.1f s",
+            worker.id, worker.pid, describe_exit(code), uptime, delay,
+        )
+        if worker.error:
+            log.warning("worker #%d error: %s", worker.id, worker.error.strip())
+        handle = loop.call_later(delay, self.events.put_nowait, ("spawn", worker.id))
+        self.respawns[worker.id] = handle
+
+    def _boot_error(self, worker: Worker, code: int) -> BootError:
+        error = worker.error.strip()
+        if not error:
+            return BootError(
+                f'app "{self.config.app}" failed to start: '
+                f"worker exited before it was ready ({describe_exit(code)})."
+            )
+        lines = error.splitlines()
+        detail = "\n".join(lines[-12:]) if len(lines) > 1 else ""
+        return BootError(f'app "{self.config.app}" failed to start: {lines[-1]}', detail)
+
+    def _give_up(self, worker: Worker, code: int) -> None:
+        self.state = AppState.ERRORED
+        log.error(
+            "%s errored: %d worker(s) in a row exited before becoming ready; "
+            "not restarting (last: %s)",
+            self.config.name, self.boot_failures, (worker.error.strip().splitlines() or [""])[-1],
+        )
+        if not self.live:
+            self._fail(AppErrored(f'app "{self.config.name}" errored: {self._boot_error(worker, code)}'))
+
+    def _fail(self, error: PmxError) -> None:
+        self.failure = error
+        self.begin_stop("failure")
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _start_accepting(self) -> None:
+        if not self.accepting and self.rotation and self.state is not AppState.STOPPING:
+            assert self.listener is not None
+            asyncio.get_running_loop().add_reader(self.listener.fileno(), self._on_accept)
+            self.accepting = True
+
+    def _stop_accepting(self) -> None:
+        if self.accepting and self.listener is not None:
+            asyncio.get_running_loop().remove_reader(self.listener.fileno())
+            self.accepting = False
+
+    def _leave_rotation(self, worker: Worker) -> None:
+        if worker in self.rotation:
+            self.rotation.remove(worker)
+            if not self.rotation:
+                self._stop_accepting()
+
+    def _on_accept(self) -> None:
+        listener = self.listener
+        assert listener is not None
+        rotation = self.rotation
+        pick = self.policy.pick
+        batches: dict[Worker, list[int]] = {}
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _addr = listener._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                log.error("accept failed: %s", exc)  # EMFILE and friends
+                break
+            worker = pick(rotation)
+            assert worker is not None
+            worker.sent += 1
+            batch = batches.get(worker)
+            if batch is None:
+                batches[worker] = [fd]
+            else:
+                batch.append(fd)
+        for worker, fds in batches.items():
+            self._hand_off(worker, fds)
+
+    def _hand_off(self, worker: Worker, fds: list[int]) -> None:
+        try:
+            try:
+                channel.send_fds(worker.chan, fds)
+                return
+            except OSError as exc:
+                worker.sent -= len(fds)
+                reason = exc
+            for other in self.rotation:
+                if other is worker:
+                    continue
+                try:
+                    channel.send_fds(other.chan, fds)
+                except OSError:
+                    continue
+                other.sent += len(fds)
+                return
+            log.error("could not hand %d connection(s) to any worker: %s", len(fds), reason)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    # ------------------------------------------------------------------ stopping
+
+    def begin_stop(self, why: str) -> None:
+        if self.state in (AppState.STOPPING, AppState.STOPPED):
+            return
+        self.state = AppState.STOPPING
+        self._stop_accepting()
+        if self.owns_listener and self.listener is not None:
+            self.listener.close()  # new connections are refused, not left hanging
+        for handle in self.respawns.values():
+            handle.cancel()
+        self.respawns.clear()
+        self.stop_deadline = self.clock() + self.config.graceful_timeout
+        if why != "failure":
+            log.info(
+                "stopping %s (%s): waiting up to %g s for %d worker(s) to finish",
+                self.config.name, why, self.config.graceful_timeout, len(self.live),
+            )
+        for worker in self.live:
+            if worker.state in (WorkerState.READY, WorkerState.STARTING):
+                self._drain(worker)
+        self._check_stop()
+
+    def _check_stop(self) -> None:
+        if self.live and self.clock() >= self.stop_deadline:
+            for worker in self.live:
+                if worker.process.poll() is None:
+                    log.warning(
+                        "worker #%d (pid %d) still running %g s after the stop began "
+                        "(graceful timeout); sending SIGKILL",
+                        worker.id, worker.pid, self.config.graceful_timeout,
+                    )
+                    self._kill(worker)
+            self.reap()
+        if not self.live:
+            self.state = AppState.STOPPED
+            if self.failure is None:
+                log.info("%s stopped", self.config.name)
+
+    def _signal(self, worker: Worker, sig: int) -> None:
+        try:
+            worker.process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def _kill(self, worker: Worker) -> None:
+        self._signal(worker, signal.SIGKILL)
+        try:
+            worker.process.wait(5)
+        except subprocess.TimeoutExpired:
+            log.error("worker #%d (pid %d) did not die after SIGKILL", worker.id, worker.pid)
+
+    def _kill_all(self) -> None:
+        for worker in list(self.live):
+            if worker.process.poll() is None:
+                self._kill(worker)
+        self.live.clear()
+
+    def _url(self) -> str:
+        return str(self.address) if self.address.is_unix else f"http://{self.address}"

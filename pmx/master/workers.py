@@ -1,0 +1,80 @@
+"""The master's view of one worker process: its state machine and load counters."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import subprocess
+from dataclasses import dataclass, field
+
+from pmx.channel import Load
+
+log = logging.getLogger("pmx.master")
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"  # spawned, importing the app / running lifespan startup
+    READY = "ready"  # in rotation: receives connections
+    DRAINING = "draining"  # out of rotation, finishing what it holds
+    STOPPED = "stopped"  # exited after being told to stop
+    FAILED = "failed"  # exited on its own: crash, boot error, killed
+
+
+# The transitions a worker may take; anything else is a bug in the master.
+_ALLOWED = {
+    WorkerState.STARTING: {WorkerState.READY, WorkerState.DRAINING, WorkerState.FAILED},
+    WorkerState.READY: {WorkerState.DRAINING, WorkerState.FAILED},
+    WorkerState.DRAINING: {WorkerState.STOPPED, WorkerState.FAILED},
+    WorkerState.STOPPED: set(),
+    WorkerState.FAILED: set(),
+}
+
+
+@dataclass(eq=False)
+class Worker:
+    id: int
+    process: subprocess.Popen[bytes]
+    chan: socket.socket
+    started_at: float
+    state: WorkerState = WorkerState.STARTING
+    ready_at: float | None = None
+    sent: int = 0  # connection fds handed to this worker
+    report: Load = field(default_factory=Load)
+    error: str = ""  # boot error text the worker sent before exiting
+    exit_code: int | None = None
+    pidfd: int = -1
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def load(self) -> int:
+        """Connections handed over and not yet closed: those still in the channel plus
+        those the worker last reported open."""
+        return self.sent - self.report.received + self.report.connections
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_code is None
+
+    def transition(self, new: WorkerState, why: str = "") -> None:
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"worker #{self.id}: {self.state.value} -> {new.value} is not allowed")
+        log.debug(
+            "worker #%d (pid %d): %s -> %s%s",
+            self.id, self.pid, self.state.value, new.value, f" ({why})" if why else "",
+        )
+        self.state = new
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

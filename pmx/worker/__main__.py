@@ -1,0 +1,3 @@
+from pmx.worker.process import main
+
+main()

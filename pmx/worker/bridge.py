@@ -1,0 +1,169 @@
+"""The one module that touches uvicorn internals.
+
+pmx does not let uvicorn listen: the worker receives already-accepted sockets and hands
+each to ``loop.connect_accepted_socket`` with uvicorn's own HTTP protocol class, so
+keep-alive, WebSocket upgrades, ``scope["client"]``, limits and logging behave exactly as
+in uvicorn. What that needs from uvicorn beyond its public ``Config``/``Server`` API:
+
+- ``Config.load()`` sets ``http_protocol_class`` and ``lifespan_class``;
+- protocol classes are built as ``cls(config=, server_state=, app_state=, _loop=)``;
+- ``Server.server_state`` has ``connections`` and ``tasks`` sets that protocols
+  ``add``/``discard`` themselves and their request tasks to, and ``total_requests``;
+- ``Server.on_tick`` refreshes the default (date) headers; ``Server.shutdown`` drains;
+- an HTTP protocol's ``cycle`` stays ``None`` until its first request is parsed.
+
+``tests/test_bridge.py`` checks each of these so that a uvicorn upgrade that changes them
+fails loudly, and pyproject pins uvicorn to the tested range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import uvicorn
+from uvicorn._compat import asyncio_run
+from uvicorn.config import LOGGING_CONFIG
+
+from pmx.channel import Load
+from pmx.config import AppConfig
+
+
+class _NotifyingSet(set):  # type: ignore[type-arg]
+    """A set that calls back on add/discard, so load changes are seen as they happen."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        super().__init__()
+        self.on_change = on_change
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        self.on_change()
+
+    def discard(self, item: Any) -> None:
+        super().discard(item)
+        self.on_change()
+
+
+def log_config(worker_id: int) -> dict[str, Any]:
+    """uvicorn's logging config with the worker id in every line."""
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    for formatter in cfg["formatters"].values():
+        formatter["fmt"] = formatter["fmt"].replace("%(levelprefix)s", f"%(levelprefix)s #{worker_id}")
+    return cfg
+
+
+class _ErrorCapture(logging.Handler):
+    """Keeps the text of ERROR records logged by uvicorn during lifespan startup."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.texts: list[str] = []
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(self.format(record))
+
+
+class UvicornBridge:
+    def __init__(
+        self,
+        config: AppConfig,
+        app: Any,
+        worker_id: int,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.uv_config = uvicorn.Config(
+            app,
+            interface="auto",
+            lifespan="auto",
+            log_config=log_config(worker_id),
+            log_level=config.log_level,
+            access_log=config.access_log,
+            timeout_keep_alive=config.timeout_keep_alive,
+            proxy_headers=config.proxy_headers,
+            forwarded_allow_ips=config.forwarded_allow_ips,
+        )
+        self.uv_config.load()
+        self.server = uvicorn.Server(self.uv_config)
+        self.server.servers = []
+        state = self.server.server_state
+        state.connections = _NotifyingSet(on_change)
+        state.tasks = _NotifyingSet(on_change)
+        self.received = 0
+        self._adopting: set[asyncio.Task[Any]] = set()
+
+    def run(self, main: Coroutine[Any, Any, int]) -> int:
+        """Run ``main`` on uvicorn's event loop (uvloop when installed)."""
+        return asyncio_run(main, loop_factory=self.uv_config.get_loop_factory())
+
+    async def startup(self) -> str | None:
+        """Run lifespan startup. Returns None on success, else the error text."""
+        capture = _ErrorCapture()
+        error_logger = logging.getLogger("uvicorn.error")
+        error_logger.addHandler(capture)
+        try:
+            self.server.lifespan = self.uv_config.lifespan_class(self.uv_config)
+            await self.server.lifespan.startup()
+        finally:
+            error_logger.removeHandler(capture)
+        if self.server.lifespan.should_exit:
+            return "\n".join(capture.texts) or "Application startup failed."
+        self.server.started = True
+        await self.server.on_tick(0)
+        return None
+
+    async def tick(self, counter: int) -> None:
+        await self.server.on_tick(counter)
+
+    def adopt(self, fd: int) -> None:
+        """Serve an accepted connection received from the master."""
+        self.received += 1
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(self._protocol, sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task[Any]) -> None:
+        self._adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logging.getLogger("uvicorn.error").warning(
+                "could not serve a handed-off connection: %s", task.exception()
+            )
+
+    def _protocol(self) -> asyncio.Protocol:
+        server = self.server
+        return self.uv_config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.uv_config,
+            server_state=server.server_state,
+            app_state=server.lifespan.state,
+            _loop=asyncio.get_running_loop(),
+        )
+
+    def load(self) -> Load:
+        state = self.server.server_state
+        return Load(
+            received=self.received,
+            connections=len(state.connections),
+            inflight=len(state.tasks),
+            requests=state.total_requests,
+        )
+
+    def fresh_connections(self) -> int:
+        """Connections that have not yet sent their first request."""
+        return sum(1 for c in self.server.server_state.connections if getattr(c, "cycle", 0) is None)
+
+    async def wait_adopted(self) -> None:
+        while self._adopting:
+            await asyncio.wait(list(self._adopting))
+
+    async def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: close idle connections, finish in-flight
+        requests, then lifespan shutdown. The master enforces the time limit."""
+        await self.server.shutdown()

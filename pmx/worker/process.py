@@ -1,0 +1,160 @@
+"""Worker process entry point: ``python -m pmx.worker FD``.
+
+FD is this worker's end of the channel to its master (see pmx/channel.py). The worker
+reads its hello (id and config), imports the app, runs lifespan startup, says ready,
+then serves every connection fd the master sends until it is told to stop, the master
+goes away (EOF on the channel, or a new parent pid), or it gets SIGTERM. In each case
+it first takes every fd still queued in the channel, so no handed-off connection is
+dropped, then shuts down through uvicorn's graceful path.
+
+SIGINT is ignored: Ctrl-C in a terminal reaches the whole process group, and the
+master decides how its workers stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from setproctitle import setproctitle
+
+from pmx import channel
+from pmx.config import AppConfig
+from pmx.worker.app import AppLoadError, load
+from pmx.worker.bridge import UvicornBridge
+
+BOOT_ERROR = 3  # exit code for "the app cannot start"; the master will not retry in a loop
+
+
+class WorkerServer:
+    def __init__(self, chan: socket.socket, bridge: UvicornBridge, report_changes: bool) -> None:
+        self.chan = chan
+        self.bridge = bridge
+        self.report_changes = report_changes
+        self.parent = os.getppid()
+        self.stopped: asyncio.Event | None = None
+        self.leaving = False
+        self._report_pending = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        error = await self.bridge.startup()
+        if error is not None:
+            self._send(channel.encode_json(channel.ERROR, {"error": error}))
+            return BOOT_ERROR
+        self._send(channel.encode_json(channel.READY, {"pid": os.getpid()}))
+        loop.add_reader(self.chan.fileno(), self._on_channel)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        ticker = loop.create_task(self._tick())
+        await self.stopped.wait()
+        loop.remove_reader(self.chan.fileno())
+        await self.bridge.wait_adopted()
+        await self._await_first_requests()
+        ticker.cancel()
+        await self.bridge.shutdown()
+        return 0
+
+    def _on_channel(self) -> None:
+        while not self.stopped.is_set():  # type: ignore[union-attr]
+            try:
+                message, fds = channel.recv(self.chan)
+            except BlockingIOError:
+                return
+            except OSError:
+                message, fds = b"", []
+            kind = message[:1]
+            if kind == channel.FDS:
+                for fd in fds:
+                    self.bridge.adopt(fd)
+                if self.report_changes:
+                    self.report()
+                continue
+            for fd in fds:
+                os.close(fd)
+            if kind == channel.STOP or not message:
+                self.stopped.set()  # type: ignore[union-attr]
+
+    def _on_sigterm(self) -> None:
+        # Ask the master to stop routing here; it answers STOP after its last fd.
+        # If the master is gone, there is nothing left to wait for.
+        if self.leaving:
+            return
+        self.leaving = True
+        if not self._send(channel.LEAVING):
+            self.stopped.set()  # type: ignore[union-attr]
+
+    async def _await_first_requests(self) -> None:
+        """Give connections handed over just before the stop a moment to send their
+        first request, so the shutdown below answers it instead of closing it."""
+        deadline = asyncio.get_running_loop().time() + self.bridge.uv_config.timeout_keep_alive
+        while self.bridge.fresh_connections() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def _tick(self) -> None:
+        counter = 0
+        while True:
+            await asyncio.sleep(0.1)
+            counter += 1
+            await self.bridge.tick(counter)
+            if counter % 10 == 0:
+                if os.getppid() != self.parent:
+                    self.stopped.set()  # type: ignore[union-attr]
+                self.report()
+
+    def report(self) -> None:
+        """Send the load counters once per loop iteration at most."""
+        if self._report_pending:
+            return
+        self._report_pending = True
+        asyncio.get_running_loop().call_soon(self._flush_report)
+
+    def _flush_report(self) -> None:
+        self._report_pending = False
+        self._send(channel.encode_load(self.bridge.load()))
+
+    def _send(self, message: bytes) -> bool:
+        try:
+            self.chan.send(message)
+            return True
+        except OSError:
+            return False
+
+
+def main() -> None:
+    chan = socket.socket(fileno=int(sys.argv[1]))
+    message, _ = channel.recv(chan)
+    if message[:1] != channel.HELLO:
+        sys.exit("pmx worker: expected a hello from the master")
+    hello = channel.decode_json(message)
+    config = AppConfig.from_dict(hello["config"])
+    worker_id = int(hello["worker_id"])
+    setproctitle(f"pmx: worker {config.name}#{worker_id}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def fail(error: str) -> None:
+        chan.send(channel.encode_json(channel.ERROR, {"error": error}))
+        sys.exit(BOOT_ERROR)
+
+    try:
+        app, _interface = load(config)
+    except AppLoadError as exc:
+        fail(str(exc))
+    except BaseException:  # the app's own import-time exception, shown with its traceback
+        fail(traceback.format_exc())
+
+    report_changes = bool(hello.get("report_changes"))
+    server: WorkerServer | None = None
+
+    def on_change() -> None:
+        if report_changes and server is not None:
+            server.report()
+
+    bridge = UvicornBridge(config, app, worker_id, on_change)
+    server = WorkerServer(chan, bridge, report_changes)
+    chan.setblocking(False)
+    sys.exit(bridge.run(server.run()))
