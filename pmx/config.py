@@ -110,11 +110,12 @@ def check_import_string(value: str) -> str:
     return value
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also accepts '²' and friends
 
 
 def check_name(value: str) -> str:
-    if not _NAME_RE.match(value) or len(value) > 64:
+    if not _NAME_RE.fullmatch(value) or len(value) > 64:
         raise ConfigError(
             "name",
             f"'{value}' is not a valid app name: expected letters, digits, '.', '_' or '-'.",
@@ -127,7 +128,7 @@ def parse_workers(value: object) -> int:
     text = str(value).strip()
     if text == "max":
         return os.cpu_count() or 1
-    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+    if isinstance(value, bool) or not _DIGITS.fullmatch(text) or int(text) < 1:
         raise ConfigError(
             "workers",
             f"'{value}' is not a valid worker count: expected a whole number >= 1 or 'max'.",
@@ -144,14 +145,16 @@ def parse_bind(value: str) -> BindAddress:
         if not path:
             raise ConfigError("bind", expected)
         return BindAddress(path=os.path.abspath(path))
-    if text.startswith("["):
+    bracketed = text.startswith("[")
+    if bracketed:
         host, sep, port_text = text[1:].partition("]:")
     else:
         host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+    if not sep or not _DIGITS.fullmatch(port_text) or int(port_text) > 65535:
         raise ConfigError("bind", expected)
-    host = host or "0.0.0.0"
-    if ":" in host:
+    if not host and not bracketed:
+        host = "0.0.0.0"
+    if bracketed or ":" in host:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
@@ -178,16 +181,16 @@ def parse_seconds(key: str, value: object) -> float:
 
 def parse_positive_int(key: str, value: object) -> int:
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+    if isinstance(value, bool) or not _DIGITS.fullmatch(text) or int(text) < 1:
         raise ConfigError(key, f"'{value}' is not valid: expected a whole number >= 1.")
     return int(text)
 
 
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def check_env_key(key: str) -> str:
-    if not _ENV_KEY_RE.match(key):
+    if not _ENV_KEY_RE.fullmatch(key):
         raise ConfigError("env", f"'{key}' is not a valid environment variable name.")
     return key
 

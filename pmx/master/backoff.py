@@ -24,5 +24,6 @@ class Backoff:
         if uptime >= self.reset_after:
             self.failures = 0
         delay = min(self.cap, self.initial * self.factor**self.failures)
-        self.failures += 1
+        if delay < self.cap:  # past the cap the count stops growing (no float overflow)
+            self.failures += 1
         return delay

@@ -112,7 +112,9 @@ class UvicornBridge:
         finally:
             error_logger.removeHandler(capture)
         if self.server.lifespan.should_exit:
-            return "\n".join(capture.texts) or "Application startup failed."
+            # uvicorn logs the app's message (or traceback), then a generic line.
+            texts = [t for t in capture.texts if t != "Application startup failed. Exiting."]
+            return "\n".join(texts) or "Application startup failed."
         self.server.started = True
         await self.server.on_tick(0)
         return None

@@ -14,6 +14,7 @@ master decides how its workers stop.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
@@ -125,6 +126,21 @@ class WorkerServer:
             return False
 
 
+def format_exception(exc: BaseException) -> str:
+    """The traceback without the import machinery's frames: only the app's own."""
+    skip = (os.path.dirname(importlib.__file__), os.path.dirname(os.path.dirname(__file__)))
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(("<frozen", *skip))
+        and not frame.filename.endswith("uvicorn/importer.py")
+    ]
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
 def main() -> None:
     chan = socket.socket(fileno=int(sys.argv[1]))
     message, _ = channel.recv(chan)
@@ -144,8 +160,8 @@ def main() -> None:
         app, _interface = load(config)
     except AppLoadError as exc:
         fail(str(exc))
-    except BaseException:  # the app's own import-time exception, shown with its traceback
-        fail(traceback.format_exc())
+    except BaseException as exc:  # the app's own import-time exception, with its traceback
+        fail(format_exception(exc))
 
     report_changes = bool(hello.get("report_changes"))
     server: WorkerServer | None = None

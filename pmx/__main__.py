@@ -1,0 +1,3 @@
+from pmx.cli import main
+
+main()

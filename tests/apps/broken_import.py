@@ -1,0 +1,3 @@
+"""An app whose module raises while being imported."""
+
+raise RuntimeError("boom: cannot import this app")

@@ -1,0 +1,30 @@
+"""A dependency-free ASGI app for tests that need fast-starting workers."""
+
+import asyncio
+import json
+import os
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/slow":
+        await asyncio.sleep(float(scope["query_string"].decode().partition("=")[2] or 1000) / 1000)
+    if path == "/env":
+        keys = ("PMX_WORKER_ID", "PYTHONUNBUFFERED", "GREETING")
+        body = json.dumps({k: os.environ.get(k) for k in keys}).encode()
+    else:
+        body = str(os.getpid()).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

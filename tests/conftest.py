@@ -1,0 +1,172 @@
+"""Helpers for tests that run pmx for real: processes, sockets on 127.0.0.1, signals.
+
+``pmx_run`` starts ``pmx run`` as a subprocess in its own session (so its process group
+holds the master and every worker) and always kills that group at teardown, whatever
+the test did. Waiting is always on a condition with a deadline (``wait_for``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PMX = [sys.executable, "-m", "pmx"]
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = condition()
+        except (OSError, http.client.HTTPException):
+            result = None  # type: ignore[assignment]
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(port: int, path: str = "/pid", timeout: float = 10.0) -> tuple[int, str]:
+    """One request on a new connection (Connection: close)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies still count for killpg; only living members matter.
+    return any(
+        p.info["status"] != psutil.STATUS_ZOMBIE
+        for p in psutil.process_iter(["pid", "status"])
+        if _pgid(p.info["pid"]) == pgid
+    )
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
+
+
+class PmxRun:
+    """A running ``pmx run`` and what the tests ask of it."""
+
+    def __init__(self, args: list[str], port: int, env: dict[str, str], log: Path) -> None:
+        self.port = port
+        self.log_path = log
+        self.log_file = open(log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [*PMX, "run", *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def workers(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def worker_pids(self) -> set[int]:
+        return {p.pid for p in self.workers()}
+
+    def wait_serving(self, workers: int, timeout: float = 20.0) -> None:
+        """Until the log says ``workers`` workers are ready and a request succeeds."""
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pmx exited early ({self.proc.returncode}):\n{self.log()}")
+            return self.log().count(" ready in ") >= workers and get(self.port, "/health")[0] == 200
+
+        wait_for(ready, timeout, f"{workers} ready workers\n{self.log()}")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout: float = 40.0) -> int:
+        return self.proc.wait(timeout)
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log_file.close()
+
+
+@pytest.fixture
+def pmx_run(tmp_path: Path) -> Iterator[Callable[..., PmxRun]]:
+    started: list[PmxRun] = []
+
+    def start(
+        *args: str, port: int | None = None, env: dict[str, str] | None = None,
+        bind: str | None = None,
+    ) -> PmxRun:
+        port = port or free_port()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        run = PmxRun(
+            [*args, "--bind", bind or f"127.0.0.1:{port}"], port, full_env,
+            tmp_path / f"pmx-{len(started)}.log",
+        )
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.kill_group()
+
+
+def run_pmx(*args: str, timeout: float = 30.0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a pmx command to completion in its own session; return the result."""
+    return subprocess.run(
+        [*PMX, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL, start_new_session=True, **kwargs,
+    )

@@ -1,0 +1,230 @@
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from pmx.master.balancer import POLICIES, LeastConnections, RoundRobin, make_policy
+
+
+@dataclass
+class Worker:
+    id: int
+    load: int = 0
+
+
+def workers(*loads):
+    return [Worker(id=i, load=load) for i, load in enumerate(loads)]
+
+
+def pick_ids(policy, candidates, times, count_load=False):
+    """Pick ``times`` times; with ``count_load`` do what the master does and count the
+    connection into the picked worker's load before the next pick."""
+    ids = []
+    for _ in range(times):
+        chosen = policy.pick(candidates)
+        ids.append(chosen.id)
+        if count_load:
+            chosen.load += 1
+    return ids
+
+
+# -- registry --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("round-robin", RoundRobin), ("least-conn", LeastConnections)]
+)
+def test_make_policy(name, cls):
+    policy = make_policy(name)
+    assert type(policy) is cls
+    assert policy.name == name
+
+
+def test_make_policy_returns_fresh_instances():
+    assert make_policy("round-robin") is not make_policy("round-robin")
+
+
+def test_make_policy_unknown():
+    with pytest.raises(KeyError):
+        make_policy("random")
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_policies_named_by_key(name):
+    assert POLICIES[name].name == name
+    assert make_policy(name).name == name
+
+
+def test_policies_match_config_choices():
+    from pmx.config import BALANCE_POLICIES
+
+    assert set(POLICIES) == set(BALANCE_POLICIES)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_empty_candidates(name):
+    policy = make_policy(name)
+    assert policy.pick([]) is None
+    assert policy.pick(()) is None
+    # An empty pick does not break the next real one.
+    candidates = workers(0, 0)
+    assert policy.pick(candidates) in candidates
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_single_candidate(name):
+    policy = make_policy(name)
+    only = Worker(id=7, load=3)
+    assert [policy.pick([only]) for _ in range(5)] == [only] * 5
+
+
+# -- round robin -----------------------------------------------------------------------
+
+
+def test_round_robin_order():
+    assert pick_ids(RoundRobin(), workers(0, 0, 0), 7) == [0, 1, 2, 0, 1, 2, 0]
+
+
+@pytest.mark.parametrize(("count", "picks"), [(1, 10), (2, 10), (3, 300), (4, 400), (7, 70)])
+def test_round_robin_even(count, picks):
+    counts = Counter(pick_ids(RoundRobin(), workers(*[0] * count), picks))
+    assert counts == {i: picks // count for i in range(count)}
+
+
+@pytest.mark.parametrize("count_load", [False, True])
+def test_round_robin_ignores_load(count_load):
+    candidates = workers(100, 0, 5, 0)
+    ids = pick_ids(RoundRobin(), candidates, 8, count_load=count_load)
+    assert ids == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (4, 3),
+        (4, 1),
+        (3, 5),
+        (1, 4),
+        (5, 2),
+    ],
+)
+@pytest.mark.parametrize("first_picks", [0, 1, 2, 3, 4, 5])
+def test_round_robin_pool_changes(before, after, first_picks):
+    policy = RoundRobin()
+    pick_ids(policy, workers(*[0] * before), first_picks)
+    # Whatever the cursor was, the changed pool is cycled completely, each once.
+    candidates = workers(*[0] * after)
+    ids = pick_ids(policy, candidates, after * 3)
+    assert Counter(ids) == {i: 3 for i in range(after)}
+    # ...and in order, continuing from wherever it landed.
+    start = ids[0]
+    assert ids == [(start + n) % after for n in range(after * 3)]
+
+
+def test_round_robin_shrink_does_not_raise():
+    policy = RoundRobin()
+    big = workers(0, 0, 0, 0)
+    assert pick_ids(policy, big, 3) == [0, 1, 2]
+    small = big[:2]
+    chosen = policy.pick(small)
+    assert chosen in small
+    assert policy.pick(small) is not chosen
+
+
+# -- least connections -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("loads", "expect"),
+    [
+        ((0, 1, 2), 0),
+        ((3, 1, 2), 1),
+        ((3, 2, 1), 2),
+        ((5, 5, 0, 5), 2),
+        ((9, 9, 9, 8), 3),
+    ],
+)
+def test_least_conn_picks_minimum(loads, expect):
+    assert LeastConnections().pick(workers(*loads)).id == expect
+
+
+@pytest.mark.parametrize(("loads", "expect"), [((2, 1, 1), 1), ((0, 5, 0), 0)])
+def test_least_conn_first_tie_from_cursor(loads, expect):
+    assert LeastConnections().pick(workers(*loads)).id == expect
+
+
+def test_least_conn_ties_round_robin():
+    candidates = workers(0, 0, 0, 0)
+    ids = pick_ids(LeastConnections(), candidates, 8)
+    assert ids == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert Counter(ids) == {0: 2, 1: 2, 2: 2, 3: 2}
+
+
+def test_least_conn_ties_among_minimum_only():
+    candidates = workers(0, 4, 0, 4)
+    ids = pick_ids(LeastConnections(), candidates, 6)
+    assert ids == [0, 2, 0, 2, 0, 2]
+
+
+@pytest.mark.parametrize(("count", "picks"), [(2, 10), (3, 99), (4, 100), (5, 1000)])
+def test_least_conn_even_when_load_counted(count, picks):
+    candidates = workers(*[0] * count)
+    counts = Counter(pick_ids(LeastConnections(), candidates, picks, count_load=True))
+    assert counts == {i: picks // count for i in range(count)}
+    assert [c.load for c in candidates] == [picks // count] * count
+
+
+def test_least_conn_load_counted_stays_balanced_at_every_step():
+    candidates = workers(0, 0, 0, 0)
+    policy = LeastConnections()
+    for _ in range(100):
+        policy.pick(candidates).load += 1
+        loads = [c.load for c in candidates]
+        assert max(loads) - min(loads) <= 1
+
+
+def test_least_conn_avoids_loaded_until_others_catch_up():
+    candidates = workers(10, 0, 0, 0)
+    policy = LeastConnections()
+    ids = pick_ids(policy, candidates, 30, count_load=True)
+    assert 0 not in ids
+    assert Counter(ids) == {1: 10, 2: 10, 3: 10}
+    assert [c.load for c in candidates] == [10, 10, 10, 10]
+    # All caught up: the busy one is back in rotation.
+    more = pick_ids(policy, candidates, 4, count_load=True)
+    assert sorted(more) == [0, 1, 2, 3]
+
+
+def test_least_conn_follows_closed_connections():
+    candidates = workers(0, 0, 0)
+    policy = LeastConnections()
+    pick_ids(policy, candidates, 9, count_load=True)
+    assert [c.load for c in candidates] == [3, 3, 3]
+    candidates[1].load = 0  # its connections closed
+    assert pick_ids(policy, candidates, 3, count_load=True) == [1, 1, 1]
+
+
+def test_least_conn_pool_changes():
+    policy = LeastConnections()
+    candidates = workers(0, 0, 0, 0)
+    pick_ids(policy, candidates, 3, count_load=True)
+    del candidates[0]  # cursor now points past the end of the shorter list
+    chosen = policy.pick(candidates)
+    assert chosen in candidates
+    assert chosen.load == 0
+    chosen.load += 1
+    candidates.append(Worker(id=9))
+    candidates.append(Worker(id=10))
+    ids = pick_ids(policy, candidates, 2, count_load=True)
+    assert sorted(ids) == [9, 10]
+
+
+@pytest.mark.parametrize(
+    "loads",
+    [(0,), (1, 0), (0, 1), (3, 3, 3), (2, 0, 1, 0), (7, 1, 4, 1, 9)],
+)
+def test_least_conn_never_worse_than_minimum(loads):
+    policy = LeastConnections()
+    for _ in range(len(loads) * 3):
+        candidates = workers(*loads)
+        assert policy.pick(candidates).load == min(loads)

@@ -1,0 +1,167 @@
+"""``pmx run`` end to end: real workers, real sockets, real HTTP, real signals."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+
+import psutil
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import get, group_alive, wait_for
+
+FASTAPI = "examples.fastapi_app.main:app"
+
+
+def pids_of(port: int, n: int) -> list[int]:
+    return [int(get(port, "/pid")[1]) for _ in range(n)]
+
+
+def test_round_robin_spreads_new_connections_evenly(pmx_run):
+    run = pmx_run(FASTAPI, "-i", "4")
+    run.wait_serving(4)
+    workers = run.worker_pids()
+    assert len(workers) == 4
+    counts = collections.Counter(pids_of(run.port, 400))
+    assert set(counts) == workers
+    assert all(97 <= c <= 103 for c in counts.values()), counts
+
+
+def test_keep_alive_connections_stay_on_one_worker_and_spread(pmx_run):
+    run = pmx_run(FASTAPI, "-i", "4")
+    run.wait_serving(4)
+    conns = [http.client.HTTPConnection("127.0.0.1", run.port, timeout=10) for _ in range(8)]
+    seen: list[set[str]] = [set() for _ in conns]
+    for _ in range(10):
+        for i, conn in enumerate(conns):
+            conn.request("GET", "/pid")
+            seen[i].add(conn.getresponse().read().decode())
+    for conn in conns:
+        conn.close()
+    assert all(len(s) == 1 for s in seen), seen
+    per_worker = collections.Counter(next(iter(s)) for s in seen)
+    assert sorted(per_worker.values()) == [2, 2, 2, 2], per_worker
+
+
+def test_websocket_echo(pmx_run):
+    run = pmx_run(FASTAPI, "-i", "2")
+    run.wait_serving(2)
+    with ws_connect(f"ws://127.0.0.1:{run.port}/ws") as ws:
+        for text in ("hello", "héllo wörld", "x" * 10_000):
+            ws.send(text)
+            assert ws.recv(timeout=5) == text
+
+
+def test_scope_client_is_the_real_peer(pmx_run):
+    run = pmx_run(FASTAPI, "-i", "2")
+    run.wait_serving(2)
+    conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+    conn.connect()
+    local_port = conn.sock.getsockname()[1]
+    conn.request("GET", "/client")
+    body = json.loads(conn.getresponse().read())
+    conn.close()
+    assert body["client"] == ["127.0.0.1", local_port]
+
+
+def test_worker_env_and_ids(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--env", "GREETING=hi", "--name", "web")
+    run.wait_serving(2)
+    envs = [json.loads(get(run.port, "/env")[1]) for _ in range(2)]
+    assert sorted(e["PMX_WORKER_ID"] for e in envs) == ["1", "2"]
+    assert all(e["PYTHONUNBUFFERED"] == "1" and e["GREETING"] == "hi" for e in envs)
+    titles = sorted(" ".join(p.cmdline()).strip() for p in run.workers())
+    assert titles == ["pmx: worker web#1", "pmx: worker web#2"]
+    master = " ".join(psutil.Process(run.pid).cmdline()).strip()
+    assert master == f"pmx: master web 127.0.0.1:{run.port}"
+
+
+def test_killed_worker_is_replaced_and_requests_keep_succeeding(pmx_run):
+    run = pmx_run(FASTAPI, "-i", "4")
+    run.wait_serving(4)
+    before = run.worker_pids()
+    victim = sorted(before)[0]
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    new_pid: set[int] = set()
+
+    def new_worker_serves() -> bool:
+        status, body = get(run.port, "/pid")
+        assert status == 200
+        if int(body) not in before:
+            new_pid.add(int(body))
+        return bool(new_pid)
+
+    wait_for(new_worker_serves, timeout=5, what="a replacement worker")
+    assert time.monotonic() - killed_at < 2.0
+    assert victim not in set(pids_of(run.port, 40))
+    assert "died (killed by SIGKILL)" in run.log()
+
+
+def test_sigterm_lets_in_flight_request_finish(pmx_run):
+    run = pmx_run(FASTAPI, "-i", "2")
+    run.wait_serving(2)
+    result: dict[str, object] = {}
+
+    def slow_request() -> None:
+        result["response"] = get(run.port, "/slow?ms=2000")
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+
+    def request_in_worker() -> bool:
+        return any(
+            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
+            for w in run.workers()
+            for c in w.net_connections("tcp")
+        )
+
+    wait_for(request_in_worker, 5, "the slow request to reach a worker")
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+    thread.join(10)
+    status, body = result["response"]  # type: ignore[misc]
+    assert status == 200 and '"slept_ms":2000' in body
+    assert not group_alive(run.pid)
+    assert "stopping examples.fastapi_app.main (SIGTERM)" in run.log()
+
+
+def test_killed_master_takes_its_workers_down(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "3")
+    run.wait_serving(3)
+    workers = run.workers()
+    assert len(workers) == 3
+    run.signal(signal.SIGKILL)
+    run.wait_exit(5)
+
+    def all_gone() -> bool:
+        return not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+    wait_for(all_gone, 5, "workers to exit after their master was killed")
+
+
+def test_import_error_exits_fast_with_the_message(pmx_run):
+    run = pmx_run("tests.apps.broken_import:app", "-i", "4")
+    started = time.monotonic()
+    code = run.wait_exit(5)
+    assert code != 0
+    assert time.monotonic() - started < 5
+    log = run.log()
+    assert (
+        'Error: app "tests.apps.broken_import:app" failed to start: '
+        "RuntimeError: boom: cannot import this app" in log
+    )
+    assert 'broken_import.py", line 3' in log
+    wait_for(lambda: not group_alive(run.pid), 5, "no process left")
+
+
+def test_lifespan_failure_exits_with_the_apps_message(pmx_run):
+    run = pmx_run("tests.apps.broken_lifespan:app", "-i", "2")
+    assert run.wait_exit(5) != 0
+    assert 'failed to start: database unreachable' in run.log()
+    wait_for(lambda: not group_alive(run.pid), 5, "no process left")
