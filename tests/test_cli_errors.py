@@ -30,7 +30,8 @@ def pmx_run_to_exit(*args: str) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["nosuch:app"], 1, 'Error: app "nosuch:app" failed to start: Could not import module "nosuch".'),
+        (["nosuch:app"], 1,
+         'Error: app "nosuch:app" failed to start: Could not import module "nosuch".'),
         (["tests.apps.plain:nope"], 1,
          'Error: app "tests.apps.plain:nope" failed to start: '
          'Attribute "nope" not found in module "tests.apps.plain".'),

@@ -325,7 +325,8 @@ class Master:
             self.config.name, self.boot_failures, (worker.error.strip().splitlines() or [""])[-1],
         )
         if not self.live:
-            self._fail(AppErrored(f'app "{self.config.name}" errored: {self._boot_error(worker, code)}'))
+            last = self._boot_error(worker, code)
+            self._fail(AppErrored(f'app "{self.config.name}" errored: {last}'))
 
     def _fail(self, error: PmxError) -> None:
         self.failure = error

@@ -61,7 +61,9 @@ class Worker:
 
     def transition(self, new: WorkerState, why: str = "") -> None:
         if new not in _ALLOWED[self.state]:
-            raise RuntimeError(f"worker #{self.id}: {self.state.value} -> {new.value} is not allowed")
+            raise RuntimeError(
+                f"worker #{self.id}: {self.state.value} -> {new.value} is not allowed"
+            )
         log.debug(
             "worker #%d (pid %d): %s -> %s%s",
             self.id, self.pid, self.state.value, new.value, f" ({why})" if why else "",

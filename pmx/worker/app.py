@@ -43,7 +43,8 @@ def load(config: AppConfig) -> tuple[Any, str]:
 def detect_interface(app: Any) -> str:
     """ASGI is a coroutine callable of (scope, receive, send); WSGI a callable of
     (environ, start_response). Anything else is served as ASGI (ASGI 2 included)."""
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", app)
+    is_function = inspect.isfunction(app) or inspect.ismethod(app)
+    call = app if is_function else app.__call__  # bound: `self` is not a parameter
     if inspect.iscoroutinefunction(call):
         return "asgi"
     try:

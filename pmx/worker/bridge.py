@@ -53,7 +53,8 @@ def log_config(worker_id: int) -> dict[str, Any]:
     """uvicorn's logging config with the worker id in every line."""
     cfg = copy.deepcopy(LOGGING_CONFIG)
     for formatter in cfg["formatters"].values():
-        formatter["fmt"] = formatter["fmt"].replace("%(levelprefix)s", f"%(levelprefix)s #{worker_id}")
+        prefix = "%(levelprefix)s"
+        formatter["fmt"] = formatter["fmt"].replace(prefix, f"{prefix} #{worker_id}")
     return cfg
 
 
@@ -159,7 +160,8 @@ class UvicornBridge:
 
     def fresh_connections(self) -> int:
         """Connections that have not yet sent their first request."""
-        return sum(1 for c in self.server.server_state.connections if getattr(c, "cycle", 0) is None)
+        connections = self.server.server_state.connections
+        return sum(1 for c in connections if getattr(c, "cycle", 0) is None)
 
     async def wait_adopted(self) -> None:
         while self._adopting:

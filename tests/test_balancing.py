@@ -1,0 +1,49 @@
+"""Balancing policies seen from outside: which worker each new connection lands on."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import psutil
+import pytest
+
+from tests.conftest import wait_for
+
+
+def open_on_worker(port: int) -> tuple[http.client.HTTPConnection, str]:
+    """A kept-alive connection and the id of the worker serving it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/env")
+    return conn, json.loads(conn.getresponse().read())["PMX_WORKER_ID"]
+
+
+@pytest.mark.parametrize("policy", ["round-robin", "least-conn"])
+def test_where_connections_go_after_some_close(pmx_run, policy):
+    """Four held connections, one per worker; close the last two opened. Round robin
+    carries on its cycle (the first two workers again); least-conn picks the two
+    workers that now have no connection."""
+    run = pmx_run("tests.apps.plain:app", "-i", "4", "--balance", policy)
+    run.wait_serving(4)
+    held = [open_on_worker(run.port) for _ in range(4)]
+    order = [worker_id for _conn, worker_id in held]
+    assert sorted(order) == ["1", "2", "3", "4"]  # equal loads: one each, in turn
+    for conn, _ in held[2:]:
+        conn.close()
+    pids = {p.pid for p in run.workers()}
+
+    def closed_in_workers() -> bool:
+        established = sum(
+            1
+            for pid in pids
+            for c in psutil.Process(pid).net_connections("tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
+        )
+        return established == 2
+
+    wait_for(closed_in_workers, 5, "the workers to see two connections close")
+    new = [open_on_worker(run.port) for _ in range(2)]
+    expected = order[:2] if policy == "round-robin" else order[2:]
+    assert sorted(w for _c, w in new) == sorted(expected)
+    for conn, _ in [*held[:2], *new]:
+        conn.close()

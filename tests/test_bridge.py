@@ -1,0 +1,81 @@
+"""The uvicorn internals pmx relies on (pmx/worker/bridge.py), checked one by one.
+
+If a uvicorn release changes any of these, this file fails with a message naming what
+changed, before any subtler failure in the engine tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+
+import uvicorn
+from uvicorn.importer import import_from_string
+
+from pmx.config import AppConfig
+from pmx.worker.bridge import UvicornBridge
+from tests.apps.plain import app as plain_app
+
+
+def make_bridge() -> UvicornBridge:
+    return UvicornBridge(AppConfig(app="tests.apps.plain:app").validate(), plain_app, 1)
+
+
+def test_config_load_provides_protocol_and_lifespan_classes():
+    bridge = make_bridge()
+    assert inspect.isclass(bridge.uv_config.http_protocol_class), "Config.http_protocol_class"
+    assert inspect.isclass(bridge.uv_config.lifespan_class), "Config.lifespan_class"
+
+
+def test_protocol_constructor_signature():
+    cls = make_bridge().uv_config.http_protocol_class
+    params = inspect.signature(cls.__init__).parameters
+    for name in ("config", "server_state", "app_state", "_loop"):
+        assert name in params, f"{cls.__name__}.__init__ lost its {name!r} parameter"
+
+
+def test_server_state_fields():
+    state = uvicorn.Server(uvicorn.Config(plain_app)).server_state
+    assert isinstance(state.connections, set), "ServerState.connections"
+    assert isinstance(state.tasks, set), "ServerState.tasks"
+    assert state.total_requests == 0, "ServerState.total_requests"
+    assert isinstance(state.default_headers, list), "ServerState.default_headers"
+
+
+def test_server_methods_used():
+    for name in ("on_tick", "shutdown"):
+        assert inspect.iscoroutinefunction(getattr(uvicorn.Server, name)), f"Server.{name}"
+    assert callable(import_from_string("uvicorn._compat:asyncio_run")), "_compat.asyncio_run"
+
+
+def test_a_served_connection_is_tracked_and_counted():
+    """Drive one request through the bridge on a socket pair, as a worker does."""
+
+    async def scenario() -> None:
+        changes: list[int] = []
+        bridge = make_bridge()
+        bridge.server.server_state.connections.on_change = lambda: changes.append(1)
+        assert await bridge.startup() is None
+        assert bridge.server.server_state.default_headers, "on_tick sets the date header"
+        ours, theirs = socket.socketpair()
+        # The protocol must see a fresh connection before the first request arrives.
+        bridge.adopt(theirs.detach())
+        await bridge.wait_adopted()
+        assert bridge.load().connections == 1 and bridge.load().received == 1
+        assert bridge.fresh_connections() == 1, "HTTP protocol.cycle is None before a request"
+        reader, writer = await asyncio.open_connection(sock=ours)
+        writer.write(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 5)
+        assert response.startswith(b"HTTP/1.1 200 OK")
+        writer.close()
+        for _ in range(100):
+            if not bridge.load().connections:
+                break
+            await asyncio.sleep(0.01)
+        load = bridge.load()
+        assert (load.connections, load.inflight, load.requests) == (0, 0, 1)
+        assert changes, "ServerState.connections.add/discard are called by the protocol"
+        await bridge.shutdown()
+
+    asyncio.run(scenario())
