@@ -165,3 +165,19 @@ def test_lifespan_failure_exits_with_the_apps_message(pmx_run):
     assert run.wait_exit(5) != 0
     assert 'failed to start: database unreachable' in run.log()
     wait_for(lambda: not group_alive(run.pid), 5, "no process left")
+
+
+def test_sigterm_to_one_worker_drains_and_replaces_it(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2")
+    run.wait_serving(2)
+    before = run.worker_pids()
+    victim = min(before)
+    victim_proc = psutil.Process(victim)
+    os.kill(victim, signal.SIGTERM)
+    victim_proc.wait(5)
+
+    wait_for(lambda: run.log().count(" ready in ") >= 3, 5, "a replacement worker")
+    served = set(pids_of(run.port, 20))
+    assert victim not in served and len(served) == 2
+    assert "asked to stop; replacing it" in run.log()
+    assert f"(pid {victim}) stopped (exit code 0)" in run.log()  # drained, not killed

@@ -83,3 +83,83 @@ def test_unix_socket_bind(pmx_run, tmp_path):
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
     assert not path.exists()
+
+
+def listen_queue(port: int) -> int:
+    """Connections waiting in the kernel for the master to accept them."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no listening socket on port {port}")
+
+
+def test_stop_serves_connections_still_queued_in_the_channel(pmx_run):
+    """One worker, its loop blocked: the master hands it five more connections, which
+    wait unread in its channel. SIGTERM then; every one of them is answered."""
+    run = pmx_run("tests.apps.plain:app", "-i", "1")
+    run.wait_serving(1)
+    results: list = []
+
+    def request(path: str) -> None:
+        try:
+            results.append(get(run.port, path)[0])
+        except (OSError, http.client.HTTPException) as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=request, args=("/block?ms=1500",))]
+    threads[0].start()
+
+    def blocked() -> bool:
+        return any(
+            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
+            for w in run.workers()
+            for c in w.net_connections("tcp")
+        )
+
+    wait_for(blocked, 5, "the blocking request to reach the worker")
+    for _ in range(5):
+        thread = threading.Thread(target=request, args=("/pid",))
+        thread.start()
+        threads.append(thread)
+
+    def all_handed_off() -> bool:
+        mine = [
+            c for c in psutil.Process().net_connections("tcp")
+            if c.raddr and c.raddr.port == run.port and c.status == psutil.CONN_ESTABLISHED
+        ]
+        return len(mine) == 6 and listen_queue(run.port) == 0
+
+    wait_for(all_handed_off, 5, "the master to accept and hand off all six connections")
+    run.signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(10)
+    assert results == [200] * 6
+    assert run.wait_exit(10) == 0
+
+
+def test_stop_answers_a_new_connection_whose_request_comes_late(pmx_run):
+    """A connection accepted just before the stop, whose request arrives just after,
+    gets its answer instead of being closed as idle."""
+    run = pmx_run("tests.apps.plain:app", "-i", "1")
+    run.wait_serving(1)
+    sock = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+
+    def held_by_worker() -> bool:
+        return any(
+            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
+            for w in run.workers()
+            for c in w.net_connections("tcp")
+        )
+
+    wait_for(held_by_worker, 5, "the worker to hold the connection")
+    run.signal(signal.SIGTERM)
+    wait_for(lambda: "Shutting down" in run.log() or "stopping" in run.log(), 5, "the stop")
+    sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = b""
+    while chunk := sock.recv(65536):
+        response += chunk
+    sock.close()
+    assert response.startswith(b"HTTP/1.1 200 OK"), response
+    assert run.wait_exit(10) == 0

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import time
 
 
 async def app(scope, receive, send):
@@ -19,6 +20,8 @@ async def app(scope, receive, send):
     path = scope["path"]
     if path == "/slow":
         await asyncio.sleep(float(scope["query_string"].decode().partition("=")[2] or 1000) / 1000)
+    if path == "/block":  # blocks the whole event loop, like a sync call in async code
+        time.sleep(float(scope["query_string"].decode().partition("=")[2] or 1000) / 1000)
     if path == "/env":
         keys = ("PMX_WORKER_ID", "PYTHONUNBUFFERED", "GREETING")
         body = json.dumps({k: os.environ.get(k) for k in keys}).encode()
