@@ -181,3 +181,19 @@ def test_sigterm_to_one_worker_drains_and_replaces_it(pmx_run):
     assert victim not in served and len(served) == 2
     assert "asked to stop; replacing it" in run.log()
     assert f"(pid {victim}) stopped (exit code 0)" in run.log()  # drained, not killed
+
+
+def test_repeated_boot_failures_mark_the_app_errored(pmx_run, tmp_path):
+    marker = tmp_path / "broken"
+    run = pmx_run("tests.apps.flaky:app", "-i", "1", env={"FLAKY_MARKER": str(marker)})
+    run.wait_serving(1)
+    marker.touch()  # from now on the app cannot be imported
+    os.kill(run.worker_pids().pop(), signal.SIGKILL)
+    assert run.wait_exit(15) == 1
+    log = run.log()
+    assert log.count("refusing to start") >= 5
+    assert (
+        'Error: app "tests.apps.flaky" errored: 5 workers in a row exited before becoming '
+        "ready; last error: RuntimeError: marker present: refusing to start"
+    ) in log
+    assert not group_alive(run.pid)

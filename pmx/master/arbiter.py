@@ -325,8 +325,11 @@ class Master:
             self.config.name, self.boot_failures, (worker.error.strip().splitlines() or [""])[-1],
         )
         if not self.live:
-            last = self._boot_error(worker, code)
-            self._fail(AppErrored(f'app "{self.config.name}" errored: {last}'))
+            last = self._boot_error(worker, code).message.partition("failed to start: ")[2]
+            self._fail(AppErrored(
+                f'app "{self.config.name}" errored: {self.boot_failures} workers in a row '
+                f"exited before becoming ready; last error: {last}"
+            ))
 
     def _fail(self, error: PmxError) -> None:
         self.failure = error
