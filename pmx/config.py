@@ -61,6 +61,9 @@ class AppConfig:
     backlog: int = 2048
     proxy_headers: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
+    # Used when the daemon runs the app (pmx start): its log files.
+    log_max_size: int = 10 * 1024 * 1024
+    log_backups: int = 5
 
     def validate(self) -> AppConfig:
         """Check every field, fill defaults that depend on others; return self."""
@@ -77,6 +80,8 @@ class AppConfig:
         self.max_boot_failures = parse_positive_int("max_boot_failures", self.max_boot_failures)
         self.timeout_keep_alive = parse_positive_int("timeout_keep_alive", self.timeout_keep_alive)
         self.backlog = parse_positive_int("backlog", self.backlog)
+        self.log_max_size = parse_size("log_max_size", self.log_max_size)
+        self.log_backups = parse_count("log_backups", self.log_backups)
         if self.app_dir:
             if not os.path.isdir(self.app_dir):
                 raise ConfigError("app_dir", f"'{self.app_dir}' is not a directory.")
@@ -174,7 +179,7 @@ def parse_seconds(key: str, value: object) -> float:
         seconds = float(str(value))
     except ValueError:
         seconds = -1.0
-    if not seconds >= 0:
+    if not 0 <= seconds <= 10**7:  # also rejects nan and inf
         raise ConfigError(key, f"'{value}' is not a valid duration: expected seconds >= 0.")
     return seconds
 
@@ -184,6 +189,28 @@ def parse_positive_int(key: str, value: object) -> int:
     if isinstance(value, bool) or not _DIGITS.fullmatch(text) or int(text) < 1:
         raise ConfigError(key, f"'{value}' is not valid: expected a whole number >= 1.")
     return int(text)
+
+
+def parse_count(key: str, value: object) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not _DIGITS.fullmatch(text):
+        raise ConfigError(key, f"'{value}' is not valid: expected a whole number >= 0.")
+    return int(text)
+
+
+_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMG]?)B?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(key: str, value: object) -> int:
+    """Bytes from ``300M``, ``1.5G``, ``512K`` or a plain number of bytes."""
+    match = _SIZE_RE.fullmatch(str(value).strip())
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]) if match else 0
+    if isinstance(value, bool) or size < 1:
+        raise ConfigError(
+            key, f"'{value}' is not a valid size: expected bytes or a number with K, M or G."
+        )
+    return size
 
 
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

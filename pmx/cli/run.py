@@ -36,7 +36,7 @@ def setup_logging(level: str) -> None:
     )
     logger = logging.getLogger("pmx")
     logger.handlers[:] = [handler]
-    logger.setLevel("DEBUG" if level in ("debug", "trace") else "INFO")
+    logger.setLevel("DEBUG" if level == "trace" else level.upper())
     logger.propagate = False
 
 

@@ -1,24 +1,23 @@
-"""The master of one app: accept, dispatch, supervise, stop.
+"""The master of one app: supervise workers, dispatch connections, stop.
 
-Design. One asyncio loop does everything; nothing blocks it. Three kinds of input reach
-it: the listening socket becoming readable (accept and dispatch, ``_on_accept``), a
-worker's channel becoming readable (ready / load / error / leaving, ``_on_message``) and
-*events* on ``self.events``: signals (their handlers only enqueue), respawn timers and a
-periodic tick. ``_handle`` is the one place that acts on events.
+Design. One asyncio loop does everything; nothing blocks it. Four kinds of input reach
+it: the listening socket (``Dispatcher``), each worker's channel (ready / load / error /
+leaving, ``_on_message``), the daemon's control channel when there is one
+(``pmx.master.control``), and *events* on ``self.events``: signals (their handlers only
+enqueue), process exits (pidfds), respawn timers and a periodic tick. ``_handle`` is the
+one place that acts on events.
 
 Invariants:
 
-- Only workers in ``self.rotation`` (state READY, ordered by id) receive connections,
-  and the listening socket is watched only while the rotation is non-empty, so with no
-  ready worker, connections wait in the kernel backlog instead of being dropped.
-- Every fd the master accepts is either sent to a worker or closed, in the same
-  callback; the master never keeps a connection and never reads from one.
-- A worker leaves the rotation *before* it is sent STOP, and STOP is the last message
-  it gets: everything sent before is in the channel ahead of it and will be served.
-- A worker's exit is noticed by reaping (its pidfd becomes readable; the tick is a
-  backstop). Exits of
-  workers that were not told to stop are failures: the slot is respawned after a
-  backoff, unless the app is stopping, never came up (boot error: abort), or has failed
+- Only READY workers are in the dispatcher's rotation; a worker leaves the rotation
+  *before* it is sent STOP, and STOP is the last message it gets, so every connection
+  handed to it is in its channel ahead of the STOP and will be served.
+- The app wants ``config.workers`` workers. A *slot* is a worker id; the workers filling
+  slots are the live ones not draining, plus slots waiting for a respawn timer.
+  ``scale`` changes the wanted count: new slots take the lowest free ids, removed slots
+  are the highest ids and their workers are drained, not killed.
+- Exits of workers that were not told to stop are failures: the slot is respawned after
+  a backoff, unless the app is stopping, never came up (boot error: abort), or has failed
   to boot ``max_boot_failures`` times in a row (errored: stop respawning).
 - When ``serve`` returns or raises, no worker process is left running.
 """
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import errno
 import logging
 import os
 import signal
@@ -42,18 +40,19 @@ from setproctitle import setproctitle
 
 from pmx import channel
 from pmx.config import AppConfig
-from pmx.errors import AppErrored, BootError, PmxError
+from pmx.errors import AppErrored, BootError, ConfigError, PmxError
 from pmx.master.backoff import Backoff
 from pmx.master.balancer import make_policy
+from pmx.master.dispatch import Dispatcher
 from pmx.master.listener import bound_address, listen
 from pmx.master.workers import Worker, WorkerState, describe_exit
 
 log = logging.getLogger("pmx.master")
 
-ACCEPT_BATCH = 64
+BOOT_ERROR = 3  # the worker's exit code when the app cannot start (pmx.worker.process)
+HISTORY = 50  # restart records kept for `pmx describe`
 # Without pidfds (macOS) exits are found by polling on every tick.
 _HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
-BOOT_ERROR = 3  # the worker's exit code when the app cannot start (pmx.worker.process)
 
 
 class AppState(enum.Enum):
@@ -70,39 +69,42 @@ class Master:
         config: AppConfig,
         listener: socket.socket | None = None,
         clock: Callable[[], float] = time.monotonic,
+        log_prefix: bool = False,
     ) -> None:
         self.config = config
         self.clock = clock
         self.listener = listener
         self.owns_listener = listener is None
+        self.log_prefix = log_prefix  # workers prefix their output lines with their id
         self.address = config.bind_address
         self.policy = make_policy(config.balance)
         self.state = AppState.STARTING
         self.live: list[Worker] = []
-        self.rotation: list[Worker] = []
         self.backoffs: dict[int, Backoff] = {}
         self.respawns: dict[int, asyncio.TimerHandle] = {}
+        self.restarts: dict[int, int] = {}
+        self.history: list[dict[str, Any]] = []
         self.boot_failures = 0
         self.ever_ready = False
-        self.accepting = False
         self.failure: PmxError | None = None
         self.stop_deadline = 0.0
-        self.stop_signal: int | None = None
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.tick_interval = 1.0 if _HAS_PIDFD else 0.2
+        self.on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
 
     # ----------------------------------------------------------------- main loop
 
     async def serve(self) -> None:
-        """Run until stopped by a signal. Raises BootError / AppErrored / BindError."""
+        """Run until stopped. Raises BootError / AppErrored / BindError."""
         loop = asyncio.get_running_loop()
         self.events = asyncio.Queue()
         if self.listener is None:
             self.listener = listen(self.address, self.config.backlog)
         self.listener.setblocking(False)
         self.address = bound_address(self.listener, self.address)
+        self.dispatch = Dispatcher(self.listener, self.policy)
         setproctitle(f"pmx: master {self.config.name} {self.address}")
-        handled = (signal.SIGTERM, signal.SIGINT)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
         for sig in handled:
             loop.add_signal_handler(sig, self.events.put_nowait, ("signal", sig))
         try:
@@ -123,9 +125,9 @@ class Master:
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)
-            self._stop_accepting()
+            self.dispatch.close()
             self._kill_all()
-            if self.owns_listener and self.listener is not None:
+            if self.owns_listener:
                 self.listener.close()
                 if self.address.is_unix and os.path.exists(self.address.path):
                     os.unlink(self.address.path)
@@ -145,14 +147,19 @@ class Master:
             self._check_stop()
 
     def _handle_signal(self, sig: int) -> None:
-        name = signal.Signals(sig).name
-        if self.state is AppState.STOPPING and sig == signal.SIGINT == self.stop_signal:
+        if sig in (signal.SIGTTIN, signal.SIGTTOU):
+            wanted = self.config.workers + (1 if sig == signal.SIGTTIN else -1)
+            try:
+                self.scale(max(1, wanted))
+            except PmxError as exc:
+                log.warning("%s ignored: %s", signal.Signals(sig).name, exc)
+            return
+        if self.state is AppState.STOPPING and sig == signal.SIGINT:
             log.warning("second SIGINT: stopping now, killing %d worker(s)", len(self.live))
             for worker in self.live:
                 self._kill(worker)
             return
-        self.begin_stop(name)
-        self.stop_signal = sig
+        self.begin_stop(signal.Signals(sig).name)
 
     # ------------------------------------------------------------------ workers
 
@@ -175,6 +182,7 @@ class Master:
             "worker_id": worker_id,
             "config": self.config.to_dict(),
             "report_changes": self.policy.name != "round-robin",
+            "log_prefix": self.log_prefix,
         }
         parent.send(channel.encode_json(channel.HELLO, hello))
         parent.setblocking(False)
@@ -224,13 +232,12 @@ class Master:
             "worker #%d (pid %d) ready in %.2f s",
             worker.id, worker.pid, worker.ready_at - worker.started_at,
         )
-        self.rotation.append(worker)
-        self.rotation.sort(key=lambda w: w.id)
-        self._start_accepting()
+        self.dispatch.add(worker)
         if not self.ever_ready:
             self.ever_ready = True
             self.state = AppState.RUNNING
             log.info("%s is serving on %s", self.config.name, self._url())
+            self.on_event("ready", {"bind": str(self.address)})
 
     def _on_leaving(self, worker: Worker) -> None:
         """The worker got SIGTERM from someone: drain it and start a replacement."""
@@ -238,13 +245,14 @@ class Master:
             log.info("worker #%d (pid %d) asked to stop; replacing it", worker.id, worker.pid)
             self._drain(worker)
             if self.state in (AppState.STARTING, AppState.RUNNING):
+                self._record(worker, "signal", "SIGTERM")
                 self.spawn(worker.id)
         else:
             self._send_stop(worker)
 
     def _drain(self, worker: Worker) -> None:
         """Out of rotation first, then STOP: no fd can follow the STOP."""
-        self._leave_rotation(worker)
+        self.dispatch.remove(worker)
         if worker.state is WorkerState.STARTING:
             worker.transition(WorkerState.DRAINING, "stop before ready")
             self._signal(worker, signal.SIGTERM)
@@ -267,7 +275,7 @@ class Master:
     def _on_exit(self, worker: Worker, code: int) -> None:
         worker.exit_code = code
         self.live.remove(worker)
-        self._leave_rotation(worker)
+        self.dispatch.remove(worker)
         loop = asyncio.get_running_loop()
         loop.remove_reader(worker.chan.fileno())
         self._on_message(worker)  # a last ERROR may still be queued
@@ -284,6 +292,12 @@ class Master:
         was_ready = worker.ready_at is not None
         worker.transition(WorkerState.FAILED, describe_exit(code))
         if self.state is AppState.STOPPING:
+            return
+        if self.state is AppState.ERRORED:  # not respawning any more
+            log.warning("worker #%d (pid %d) died (%s); app is errored, not restarting",
+                        worker.id, worker.pid, describe_exit(code))
+            if not self.live:
+                self._fail(AppErrored(f'app "{self.config.name}" errored: no worker left.'))
             return
         if not was_ready:
             self.boot_failures += 1
@@ -303,8 +317,18 @@ class Master:
         )
         if worker.error:
             log.warning("worker #%d error: %s", worker.id, worker.error.strip())
+        self._record(worker, "crash" if was_ready else "boot", describe_exit(code))
         handle = loop.call_later(delay, self.events.put_nowait, ("spawn", worker.id))
         self.respawns[worker.id] = handle
+
+    def _record(self, worker: Worker, reason: str, detail: str) -> None:
+        self.restarts[worker.id] = self.restarts.get(worker.id, 0) + 1
+        self.history.append({
+            "time": time.time(), "worker": worker.id, "pid": worker.pid,
+            "reason": reason, "detail": detail,
+            "error": (worker.error.strip().splitlines() or [""])[-1],
+        })
+        del self.history[:-HISTORY]
 
     def _boot_error(self, worker: Worker, code: int) -> BootError:
         error = worker.error.strip()
@@ -319,89 +343,46 @@ class Master:
 
     def _give_up(self, worker: Worker, code: int) -> None:
         self.state = AppState.ERRORED
+        last = self._boot_error(worker, code)
         log.error(
             "%s errored: %d worker(s) in a row exited before becoming ready; "
             "not restarting (last: %s)",
-            self.config.name, self.boot_failures, (worker.error.strip().splitlines() or [""])[-1],
+            self.config.name, self.boot_failures, last.message,
         )
+        self.on_event("errored", {"error": last.message, "detail": last.detail})
         if not self.live:
-            last = self._boot_error(worker, code).message.partition("failed to start: ")[2]
+            reason = last.message.partition("failed to start: ")[2]
             self._fail(AppErrored(
                 f'app "{self.config.name}" errored: {self.boot_failures} workers in a row '
-                f"exited before becoming ready; last error: {last}"
+                f"exited before becoming ready; last error: {reason}"
             ))
 
     def _fail(self, error: PmxError) -> None:
         self.failure = error
         self.begin_stop("failure")
 
-    # ------------------------------------------------------------------ dispatch
+    # ------------------------------------------------------------------ scaling
 
-    def _start_accepting(self) -> None:
-        if not self.accepting and self.rotation and self.state is not AppState.STOPPING:
-            assert self.listener is not None
-            asyncio.get_running_loop().add_reader(self.listener.fileno(), self._on_accept)
-            self.accepting = True
-
-    def _stop_accepting(self) -> None:
-        if self.accepting and self.listener is not None:
-            asyncio.get_running_loop().remove_reader(self.listener.fileno())
-            self.accepting = False
-
-    def _leave_rotation(self, worker: Worker) -> None:
-        if worker in self.rotation:
-            self.rotation.remove(worker)
-            if not self.rotation:
-                self._stop_accepting()
-
-    def _on_accept(self) -> None:
-        listener = self.listener
-        assert listener is not None
-        rotation = self.rotation
-        pick = self.policy.pick
-        batches: dict[Worker, list[int]] = {}
-        for _ in range(ACCEPT_BATCH):
-            try:
-                fd, _addr = listener._accept()  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                log.error("accept failed: %s", exc)  # EMFILE and friends
-                break
-            worker = pick(rotation)
-            assert worker is not None
-            worker.sent += 1
-            batch = batches.get(worker)
-            if batch is None:
-                batches[worker] = [fd]
-            else:
-                batch.append(fd)
-        for worker, fds in batches.items():
-            self._hand_off(worker, fds)
-
-    def _hand_off(self, worker: Worker, fds: list[int]) -> None:
-        try:
-            try:
-                channel.send_fds(worker.chan, fds)
-                return
-            except OSError as exc:
-                worker.sent -= len(fds)
-                reason = exc
-            for other in self.rotation:
-                if other is worker:
-                    continue
-                try:
-                    channel.send_fds(other.chan, fds)
-                except OSError:
-                    continue
-                other.sent += len(fds)
-                return
-            log.error("could not hand %d connection(s) to any worker: %s", len(fds), reason)
-        finally:
-            for fd in fds:
-                os.close(fd)
+    def scale(self, workers: int) -> None:
+        """Grow or shrink to ``workers``; removed workers are drained, not killed."""
+        if workers < 1:
+            raise ConfigError("workers", f"'{workers}' is not a valid worker count: expected >= 1.")
+        if self.state not in (AppState.STARTING, AppState.RUNNING):
+            raise PmxError(f"cannot scale {self.config.name} while it is {self.state.value}.")
+        name, before = self.config.name, self.config.workers
+        log.info("scaling %s from %d to %d worker(s)", name, before, workers)
+        self.config.workers = workers
+        serving = (WorkerState.STARTING, WorkerState.READY)
+        active = {w.id: w for w in self.live if w.state in serving}
+        slots = set(active) | set(self.respawns)
+        for worker_id in sorted(slots, reverse=True)[: max(0, len(slots) - workers)]:
+            if worker_id in self.respawns:
+                self.respawns.pop(worker_id).cancel()
+            if worker_id in active:
+                self._drain(active[worker_id])
+        free = (i for i in range(1, 10**6) if i not in slots)
+        for _ in range(workers - len(slots)):
+            self.spawn(next(free))
 
     # ------------------------------------------------------------------ stopping
 
@@ -409,9 +390,9 @@ class Master:
         if self.state in (AppState.STOPPING, AppState.STOPPED):
             return
         self.state = AppState.STOPPING
-        self._stop_accepting()
-        if self.owns_listener and self.listener is not None:
-            self.listener.close()  # new connections are refused, not left hanging
+        self.dispatch.close()
+        if self.owns_listener:
+            self.listener.close()  # type: ignore[union-attr]  # new connections are refused
         for handle in self.respawns.values():
             handle.cancel()
         self.respawns.clear()

@@ -44,7 +44,7 @@ def _tcp(host: str, port: int) -> socket.socket:
 def _unix(path: str) -> socket.socket:
     if os.path.exists(path):
         if not stat.S_ISSOCK(os.stat(path).st_mode):
-            raise OSError(errno.EADDRINUSE, "a file that is not a socket is in the way")
+            raise OSError(errno.EEXIST, "a file that is not a socket is in the way")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)

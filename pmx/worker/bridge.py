@@ -88,6 +88,7 @@ class UvicornBridge:
             timeout_keep_alive=config.timeout_keep_alive,
             proxy_headers=config.proxy_headers,
             forwarded_allow_ips=config.forwarded_allow_ips,
+            timeout_graceful_shutdown=int(config.graceful_timeout) or None,
         )
         self.uv_config.load()
         self.server = uvicorn.Server(self.uv_config)

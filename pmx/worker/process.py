@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import io
 import os
 import signal
 import socket
@@ -57,6 +58,8 @@ class WorkerServer:
         await self.bridge.wait_adopted()
         await self._await_first_requests()
         ticker.cancel()
+        # uvicorn cancels what is still running after the graceful timeout, so an
+        # orphaned worker (its master died) does not outlive that limit either.
         await self.bridge.shutdown()
         return 0
 
@@ -87,6 +90,7 @@ class WorkerServer:
             return
         self.leaving = True
         if not self._send(channel.LEAVING):
+            self._on_channel()  # the master is gone: take what is queued, then stop
             self.stopped.set()  # type: ignore[union-attr]
 
     async def _await_first_requests(self) -> None:
@@ -104,6 +108,7 @@ class WorkerServer:
             await self.bridge.tick(counter)
             if counter % 10 == 0:
                 if os.getppid() != self.parent:
+                    self._on_channel()  # take what is queued, then stop
                     self.stopped.set()  # type: ignore[union-attr]
                 self.report()
 
@@ -124,6 +129,34 @@ class WorkerServer:
             return True
         except OSError:
             return False
+
+
+class PrefixedStream(io.TextIOBase):
+    """stdout/stderr that writes whole lines, each starting with ``[#N] ``, in one
+    write() each: lines from several workers sharing a pipe never interleave."""
+
+    def __init__(self, fd: int, prefix: str) -> None:
+        self.fd = fd
+        self.prefix = prefix.encode()
+        self.pending = b""
+
+    def write(self, text: str) -> int:
+        lines = (self.pending + text.encode(errors="replace")).split(b"\n")
+        self.pending = lines.pop()
+        if lines:
+            os.write(self.fd, b"".join(self.prefix + line + b"\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        if len(self.pending) > 65536:
+            os.write(self.fd, self.prefix + self.pending + b"\n")
+            self.pending = b""
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def writable(self) -> bool:
+        return True
 
 
 def format_exception(exc: BaseException) -> str:
@@ -150,6 +183,9 @@ def main() -> None:
     config = AppConfig.from_dict(hello["config"])
     worker_id = int(hello["worker_id"])
     setproctitle(f"pmx: worker {config.name}#{worker_id}")
+    if hello.get("log_prefix"):
+        sys.stdout = PrefixedStream(1, f"[#{worker_id}] ")
+        sys.stderr = PrefixedStream(2, f"[#{worker_id}] ")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def fail(error: str) -> None:
