@@ -86,6 +86,7 @@ class Master:
         self.history: list[dict[str, Any]] = []
         self.boot_failures = 0
         self.ever_ready = False
+        self.announced = False
         self.failure: PmxError | None = None
         self.stop_deadline = 0.0
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -237,7 +238,16 @@ class Master:
             self.ever_ready = True
             self.state = AppState.RUNNING
             log.info("%s is serving on %s", self.config.name, self._url())
-            self.on_event("ready", {"bind": str(self.address)})
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell the daemon the app is up once no initial worker is still starting."""
+        if self.announced or not self.ever_ready:
+            return
+        if any(w.state is WorkerState.STARTING for w in self.live):
+            return
+        self.announced = True
+        self.on_event("ready", {"bind": str(self.address)})
 
     def _on_leaving(self, worker: Worker) -> None:
         """The worker got SIGTERM from someone: drain it and start a replacement."""
@@ -309,6 +319,7 @@ class Master:
             if self.boot_failures >= self.config.max_boot_failures:
                 self._give_up(worker, code)
                 return
+        self._announce()
         backoff = self.backoffs.setdefault(worker.id, Backoff())
         delay = backoff.on_exit(uptime)
         log.warning(

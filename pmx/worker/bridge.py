@@ -49,10 +49,10 @@ class _NotifyingSet(set):  # type: ignore[type-arg]
         self.on_change()
 
 
-def log_config(worker_id: int) -> dict[str, Any]:
-    """uvicorn's logging config with the worker id in every line."""
+def log_config(worker_id: int, tag: bool = True) -> dict[str, Any]:
+    """uvicorn's logging config, with the worker id in every line if ``tag``."""
     cfg = copy.deepcopy(LOGGING_CONFIG)
-    for formatter in cfg["formatters"].values():
+    for formatter in cfg["formatters"].values() if tag else ():
         prefix = "%(levelprefix)s"
         formatter["fmt"] = formatter["fmt"].replace(prefix, f"{prefix} #{worker_id}")
     return cfg
@@ -77,12 +77,13 @@ class UvicornBridge:
         app: Any,
         worker_id: int,
         on_change: Callable[[], None] = lambda: None,
+        tag_logs: bool = True,
     ) -> None:
         self.uv_config = uvicorn.Config(
             app,
             interface="auto",
             lifespan="auto",
-            log_config=log_config(worker_id),
+            log_config=log_config(worker_id, tag_logs),
             log_level=config.log_level,
             access_log=config.access_log,
             timeout_keep_alive=config.timeout_keep_alive,

@@ -206,7 +206,7 @@ def main() -> None:
         if report_changes and server is not None:
             server.report()
 
-    bridge = UvicornBridge(config, app, worker_id, on_change)
+    bridge = UvicornBridge(config, app, worker_id, on_change, tag_logs=not hello.get("log_prefix"))
     server = WorkerServer(chan, bridge, report_changes)
     chan.setblocking(False)
     sys.exit(bridge.run(server.run()))

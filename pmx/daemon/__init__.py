@@ -1,0 +1,1 @@
+"""The per-user daemon: supervises one master per app and answers the CLI."""

@@ -1,0 +1,86 @@
+"""The CLI's side of the control socket: send a request, start the daemon if needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from pmx.daemon.paths import Home
+from pmx.errors import BootError, PmxError
+
+
+class DaemonNotRunning(PmxError):
+    pass
+
+
+def request(home: Home, verb: str, args: dict[str, Any] | None = None,
+            timeout: float = 120.0) -> Any:
+    """Send one request; return its result. Raises DaemonNotRunning, BootError, PmxError."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(home.sock))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise DaemonNotRunning(f"no pmx daemon is running for {home.root}.") from None
+    try:
+        sock.sendall(json.dumps({"verb": verb, "args": args or {}}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        raise PmxError(f"the daemon did not answer '{verb}' within {timeout:g} s.") from None
+    finally:
+        sock.close()
+    if not data:
+        raise PmxError(f"the daemon closed the connection during '{verb}'.")
+    response = json.loads(data)
+    if not response.get("ok"):
+        if response.get("detail") is not None:
+            raise BootError(response["error"], response.get("detail") or "")
+        raise PmxError(response.get("error", "unknown error"))
+    return response.get("result")
+
+
+def daemon_pid(home: Home) -> int | None:
+    """The pid of the running daemon, or None (and stale files are removed)."""
+    try:
+        return int(request(home, "ping", timeout=5)["pid"])
+    except DaemonNotRunning:
+        pass
+    for stale in (home.sock, home.pid):
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            pass
+    return None
+
+
+def ensure_daemon(home: Home, timeout: float = 10.0) -> int:
+    """Start the daemon in the background unless it runs; return its pid."""
+    pid = daemon_pid(home)
+    if pid is not None:
+        return pid
+    home.create()
+    with open(home.daemon_log, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "pmx.daemon"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True, close_fds=True, cwd="/",
+            env={**os.environ, "PMX_HOME": str(home.root)},
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return int(request(home, "ping", timeout=5)["pid"])
+        except DaemonNotRunning:
+            time.sleep(0.02)
+    raise PmxError(f"the pmx daemon did not start; see {home.daemon_log}.")

@@ -1,0 +1,215 @@
+"""One handler per CLI verb. ``validate`` checks the request against the daemon's state
+and raises PmxError with the user-facing message; ``execute`` does the work."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from pmx.config import AppConfig, parse_workers
+from pmx.daemon.apps import AppState, ManagedApp
+from pmx.errors import BootError, ConfigError, PmxError
+
+if TYPE_CHECKING:
+    from pmx.daemon.server import Daemon
+
+START_TIMEOUT = 60.0
+
+
+class Handler:
+    def validate(self, daemon: Daemon, args: dict[str, Any]) -> Any:
+        return args
+
+    async def execute(self, daemon: Daemon, checked: Any) -> Any:
+        raise NotImplementedError
+
+
+def _names(daemon: Daemon, args: dict[str, Any]) -> list[str]:
+    name = str(args.get("name", ""))
+    if name == "all":
+        return list(daemon.apps)
+    if name not in daemon.apps:
+        raise PmxError(f"no app named '{name}'; 'pmx status' lists the apps.")
+    return [name]
+
+
+async def _status(daemon: Daemon, names: list[str]) -> dict[str, Any]:
+    apps = []
+    for name in names:
+        status = await daemon.apps[name].status()
+        status.pop("_master")
+        apps.append(status)
+    return {"version": 1, "apps": apps}
+
+
+async def _start(daemon: Daemon, app: ManagedApp) -> None:
+    app.start()
+    await app.wait_started(START_TIMEOUT)
+    if app.state is AppState.ERRORED or app.error:
+        raise BootError(app.error or f"app '{app.config.name}' failed to start.", app.detail)
+
+
+class Start(Handler):
+    def validate(self, daemon: Daemon, args: dict[str, Any]) -> list[AppConfig]:
+        configs = []
+        for data in args["configs"]:
+            try:
+                config = AppConfig.from_dict(data).validate()
+            except ConfigError as exc:
+                raise PmxError(exc.message) from None
+            if config.name in daemon.apps:
+                raise PmxError(
+                    f"an app named '{config.name}' already exists; use "
+                    f"'pmx restart {config.name}' or choose another --name."
+                )
+            for other in daemon.apps.values():
+                if other.config.bind == config.bind and other.state is not AppState.STOPPED:
+                    raise PmxError(f"app '{other.config.name}' already listens on {config.bind}.")
+            configs.append(config)
+        return configs
+
+    async def execute(self, daemon: Daemon, configs: list[AppConfig]) -> dict[str, Any]:
+        for config in configs:
+            app = ManagedApp(config, daemon.home)
+            try:
+                app.start()
+            except PmxError:
+                app.close_logs()
+                raise
+            daemon.apps[config.name] = app
+            await app.wait_started(START_TIMEOUT)
+            if app.state is AppState.ERRORED or app.error:
+                raise BootError(app.error or f"app '{config.name}' failed to start.", app.detail)
+        return await _status(daemon, [c.name for c in configs])
+
+
+class Stop(Handler):
+    def validate(self, daemon: Daemon, args: dict[str, Any]) -> list[str]:
+        return _names(daemon, args)
+
+    async def execute(self, daemon: Daemon, names: list[str]) -> dict[str, Any]:
+        for name in names:
+            await daemon.apps[name].stop()
+        return await _status(daemon, names)
+
+
+class Restart(Stop):
+    async def execute(self, daemon: Daemon, names: list[str]) -> dict[str, Any]:
+        for name in names:
+            app = daemon.apps[name]
+            await app.stop()
+            await _start(daemon, app)
+        return await _status(daemon, names)
+
+
+class Delete(Stop):
+    async def execute(self, daemon: Daemon, names: list[str]) -> dict[str, Any]:
+        for name in names:
+            app = daemon.apps.pop(name)
+            await app.stop()
+            app.close_logs()
+        return {"deleted": names}
+
+
+class Status(Handler):
+    async def execute(self, daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+        return await _status(daemon, list(daemon.apps))
+
+
+class Describe(Handler):
+    def validate(self, daemon: Daemon, args: dict[str, Any]) -> str:
+        return _names(daemon, args)[0] if args.get("name") != "all" else ""
+
+    async def execute(self, daemon: Daemon, name: str) -> dict[str, Any]:
+        app = daemon.apps[name]
+        status = await app.status()
+        master = status.pop("_master")
+        status["config"] = app.config.to_dict()
+        status["logs"] = {
+            "out": str(daemon.home.out_log(name)), "err": str(daemon.home.err_log(name)),
+        }
+        status["history"] = master.get("history", [])
+        status["detail"] = app.detail
+        return status
+
+
+class Scale(Handler):
+    def validate(self, daemon: Daemon, args: dict[str, Any]) -> tuple[str, int]:
+        name = _names(daemon, args)[0] if args.get("name") != "all" else ""
+        if not name:
+            raise PmxError("scale takes one app name, not 'all'.")
+        try:
+            workers = parse_workers(args.get("workers"))
+        except ConfigError as exc:
+            raise PmxError(exc.message) from None
+        return name, workers
+
+    async def execute(self, daemon: Daemon, checked: tuple[str, int]) -> dict[str, Any]:
+        name, workers = checked
+        app = daemon.apps[name]
+        await app.ask("scale", workers=workers)
+        app.config.workers = workers
+        return await _status(daemon, [name])
+
+
+class Save(Handler):
+    async def execute(self, daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+        running = [
+            app.config.to_dict()
+            for app in daemon.apps.values()
+            if app.state in (AppState.STARTING, AppState.RUNNING)
+        ]
+        tmp = daemon.home.dump.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"version": 1, "apps": running}, indent=2) + "\n")
+        os.replace(tmp, daemon.home.dump)
+        return {"saved": [a["name"] for a in running], "path": str(daemon.home.dump)}
+
+
+class Resurrect(Handler):
+    async def execute(self, daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            data = json.loads(daemon.home.dump.read_text())
+        except FileNotFoundError:
+            raise PmxError(f"nothing to resurrect: {daemon.home.dump} does not exist.") from None
+        started, errors = [], []
+        for entry in data.get("apps", []):
+            if entry.get("name") in daemon.apps:
+                continue
+            try:
+                configs = Start().validate(daemon, {"configs": [entry]})
+                await Start().execute(daemon, configs)
+                started.append(entry["name"])
+            except PmxError as exc:
+                errors.append(f"{entry.get('name')}: {exc}")
+        if errors:
+            raise PmxError("could not resurrect " + "; ".join(errors))
+        return await _status(daemon, started)
+
+
+class Kill(Handler):
+    async def execute(self, daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+        names = list(daemon.apps)
+        await daemon.stop_all()
+        daemon.stopping.set()
+        return {"stopped": names, "pid": os.getpid()}
+
+
+class Ping(Handler):
+    async def execute(self, daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "home": str(daemon.home.root)}
+
+
+HANDLERS: dict[str, Handler] = {
+    "start": Start(),
+    "stop": Stop(),
+    "restart": Restart(),
+    "delete": Delete(),
+    "status": Status(),
+    "describe": Describe(),
+    "scale": Scale(),
+    "save": Save(),
+    "resurrect": Resurrect(),
+    "kill": Kill(),
+    "ping": Ping(),
+}

@@ -1,0 +1,84 @@
+"""The daemon's line to one master (only when the daemon runs the app).
+
+A SEQPACKET socket pair (see pmx.channel.socketpair), one JSON object per message.
+
+daemon -> master: ``{"id": N, "op": "status" | "scale" | "stop", ...}``
+master -> daemon: ``{"id": N, "ok": true, "result": ...}`` or ``{"id": N, "ok": false,
+"error": "..."}``, and unsolicited events ``{"event": "ready" | "errored" | "failed", ...}``.
+
+EOF on the channel means the daemon is gone: the master stops gracefully, so that no
+master or worker outlives its supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from typing import Any
+
+from pmx.errors import PmxError
+from pmx.master.arbiter import Master
+from pmx.master.status import snapshot
+
+log = logging.getLogger("pmx.master")
+
+
+class Control:
+    def __init__(self, sock: socket.socket, master: Master) -> None:
+        self.sock = sock
+        self.master = master
+        master.on_event = self.emit
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        except (RuntimeError, ValueError):
+            pass
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._send({"event": kind, **data})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            self.sock.send(json.dumps(message).encode())
+        except OSError:
+            pass  # the daemon is gone; EOF will say so
+
+    def _on_readable(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                log.warning("lost the daemon; stopping")
+                self.master.begin_stop("daemon gone")
+                return
+            request = json.loads(data)
+            try:
+                result = self._execute(request)
+            except PmxError as exc:
+                self._send({"id": request.get("id"), "ok": False, "error": str(exc)})
+            else:
+                self._send({"id": request.get("id"), "ok": True, "result": result})
+
+    def _execute(self, request: dict[str, Any]) -> Any:
+        op = request.get("op")
+        if op == "status":
+            return snapshot(self.master)
+        if op == "scale":
+            self.master.scale(int(request["workers"]))
+            return snapshot(self.master)
+        if op == "stop":
+            self.master.begin_stop(str(request.get("why", "pmx stop")))
+            return None
+        raise PmxError(f"unknown control operation '{op}'.")

@@ -1,0 +1,300 @@
+"""The daemon and its verbs, for real: a daemon per test in a temporary PMX_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import PMX, ROOT, free_port, get, wait_for
+
+PLAIN = "tests.apps.plain:app"
+
+
+class Pmx:
+    def __init__(self, home) -> None:
+        self.home = home
+        self.env = {**os.environ, "PMX_HOME": str(home)}
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*PMX, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def status(self) -> dict:
+        return json.loads(self.ok("status", "--json"))
+
+    def app(self, name: str) -> dict:
+        return next(a for a in self.status()["apps"] if a["name"] == name)
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return int((self.home / "pmx.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def processes(self) -> list[psutil.Process]:
+        """Every pmx process (daemon, masters, workers) of this home's daemon."""
+        pid = self.daemon_pid()
+        if pid is None:
+            return []
+        try:
+            daemon = psutil.Process(pid)
+            return [daemon, *daemon.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+
+@pytest.fixture
+def pmx(tmp_path):
+    tool = Pmx(tmp_path / "home")
+    yield tool
+    procs = tool.processes()
+    tool("kill", timeout=60)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def ready_pids(app: dict) -> set[int]:
+    return {w["pid"] for w in app["workers"] if w["state"] == "ready"}
+
+
+def test_start_two_apps_status_and_control_socket(pmx):
+    port_a, port_b = free_port(), free_port()
+    out = pmx.ok("start", PLAIN, "-i", "4", "--name", "a", "--bind", f"127.0.0.1:{port_a}")
+    assert "a " in out and "ready" in out
+    pmx.ok("start", PLAIN, "-i", "2", "--name", "b", "--bind", f"127.0.0.1:{port_b}")
+    status = pmx.status()
+    assert status["version"] == 1
+    apps = {a["name"]: a for a in status["apps"]}
+    assert apps["a"]["state"] == apps["b"]["state"] == "running"
+    for name, port, count in (("a", port_a, 4), ("b", port_b, 2)):
+        pids = ready_pids(apps[name])
+        assert len(pids) == count
+        assert all(psutil.pid_exists(pid) for pid in pids)
+        served = {int(get(port, "/pid")[1]) for _ in range(count * 2)}
+        assert served == pids
+    mode = stat.S_IMODE(os.stat(pmx.home / "pmx.sock").st_mode)
+    assert mode == 0o600
+    titles = {" ".join(p.cmdline()).strip() for p in pmx.processes()}
+    assert "pmx: daemon" in titles
+    assert f"pmx: master a 127.0.0.1:{port_a}" in titles
+
+
+def test_stop_restart_delete_kill_leave_nothing_behind(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "-i", "2", "--name", "web", "--bind", f"127.0.0.1:{port}")
+    before = ready_pids(pmx.app("web"))
+    pmx.ok("stop", "web")
+    assert pmx.app("web")["state"] == "stopped"
+    assert not any(psutil.pid_exists(p) for p in before)
+    with pytest.raises(OSError):
+        get(port, "/pid", timeout=2)  # the port is released
+    pmx.ok("restart", "web")
+    after = ready_pids(pmx.app("web"))
+    assert len(after) == 2 and not after & before
+    assert get(port, "/pid")[0] == 200
+    pmx.ok("delete", "web")
+    assert pmx.status()["apps"] == []
+    assert not any(psutil.pid_exists(p) for p in after)
+    pmx.ok("start", PLAIN, "--name", "again", "--bind", f"127.0.0.1:{port}")
+    procs = pmx.processes()
+    assert len(procs) == 3  # daemon, master, worker
+    out = pmx.ok("kill")
+    assert "stopped 1 app(s) and the daemon" in out
+    wait_for(lambda: not any(p.is_running() for p in procs), 10, "every pmx process to exit")
+    assert not (pmx.home / "pmx.sock").exists()
+
+
+def test_save_kill_resurrect(pmx):
+    ports = {"one": free_port(), "two": free_port()}
+    for name, port in ports.items():
+        pmx.ok("start", PLAIN, "-i", "2", "--name", name, "--bind", f"127.0.0.1:{port}",
+               "--balance", "least-conn")
+    assert "saved 2 app(s)" in pmx.ok("save")
+    pmx.ok("kill")
+    wait_for(lambda: not pmx.processes(), 10, "the daemon to exit")
+    pmx.ok("resurrect")
+    apps = {a["name"]: a for a in pmx.status()["apps"]}
+    assert set(apps) == {"one", "two"}
+    for name, port in ports.items():
+        assert apps[name]["bind"] == f"127.0.0.1:{port}"
+        assert apps[name]["balance"] == "least-conn"
+        assert len(ready_pids(apps[name])) == 2
+        assert get(port, "/pid")[0] == 200
+
+
+def test_killed_master_is_restarted_and_no_request_is_refused(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "-i", "2", "--name", "web", "--bind", f"127.0.0.1:{port}")
+    master = pmx.app("web")["master_pid"]
+    failures: list[Exception] = []
+    served = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                assert get(port, "/pid", timeout=15)[0] == 200
+                served[0] += 1
+            except Exception as exc:  # noqa: BLE001 - any failure counts
+                failures.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: served[0] > 20, 10, "requests flowing")
+    os.kill(master, signal.SIGKILL)
+
+    def restarted() -> bool:
+        app = pmx.app("web")
+        return app["master_pid"] not in (None, master) and len(ready_pids(app)) == 2
+
+    wait_for(restarted, 15, "a new master with two ready workers")
+    count = served[0]
+    wait_for(lambda: served[0] > count + 20, 10, "requests served by the new master")
+    stop.set()
+    for t in threads:
+        t.join(20)
+    assert failures == []
+    assert pmx.app("web")["restarts"] == 1
+
+
+def test_logs_follow_shows_new_lines(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "--name", "web", "--bind", f"127.0.0.1:{port}")
+    follower = subprocess.Popen(
+        [*PMX, "logs", "web", "--follow", "--lines", "0"], cwd=ROOT, env=pmx.env,
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        lines: list[str] = []
+
+        def read() -> None:
+            for line in follower.stdout:  # type: ignore[union-attr]
+                lines.append(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        marker = f"/pid?marker={time.monotonic_ns()}"
+        # Requests until the follower shows one (it may start after the first).
+        wait_for(
+            lambda: get(port, marker) and any(marker in line for line in lines),
+            10, "the access log line in logs --follow",
+        )
+        line = next(line for line in lines if marker in line)
+        assert "[#1]" in line and line[:4].isdigit()  # timestamp, then worker id
+    finally:
+        follower.kill()
+        follower.wait()
+
+
+def test_scale_under_load_loses_nothing(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "-i", "4", "--name", "web", "--bind", f"127.0.0.1:{port}")
+    failures: list[Exception] = []
+    served = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                assert get(port, "/slow?ms=20", timeout=15)[0] == 200
+                served[0] += 1
+            except Exception as exc:  # noqa: BLE001
+                failures.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for wanted in (2, 6):
+        pmx.ok("scale", "web", str(wanted))
+        wait_for(
+            lambda n=wanted: len(pmx.app("web")["workers"]) == n
+            and len(ready_pids(pmx.app("web"))) == n,
+            20, f"{wanted} ready workers and no draining one",
+        )
+        count = served[0]
+        wait_for(lambda c=count: served[0] > c + 30, 10, "requests after scaling")
+    stop.set()
+    for t in threads:
+        t.join(20)
+    assert failures == []
+    assert sorted(w["id"] for w in pmx.app("web")["workers"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_start_failing_app_is_errored(pmx):
+    result = pmx("start", "tests.apps.broken_import:app", "--name", "bad",
+                 "--bind", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        'Error: app "tests.apps.broken_import:app" failed to start: '
+        "RuntimeError: boom: cannot import this app"
+    )
+    assert "broken_import.py" in result.stderr  # the traceback tail follows
+    app = pmx.app("bad")
+    assert app["state"] == "errored" and app["workers"] == []
+    assert "boom" in app["error"]
+
+
+def test_bad_input_messages(pmx, tmp_path):
+    port = free_port()
+    pmx.ok("start", PLAIN, "--name", "web", "--bind", f"127.0.0.1:{port}")
+    cases = [
+        (("stop", "nope"), "Error: no app named 'nope'; 'pmx status' lists the apps."),
+        (("start", PLAIN, "--name", "web", "--bind", f"127.0.0.1:{free_port()}"),
+         "Error: an app named 'web' already exists; use 'pmx restart web' or choose "
+         "another --name."),
+        (("start", PLAIN, "--name", "other", "--bind", f"127.0.0.1:{port}"),
+         f"Error: app 'web' already listens on 127.0.0.1:{port}."),
+        (("scale", "web", "zero"),
+         "Error: 'zero' is not a valid worker count: expected a whole number >= 1 or 'max'."),
+    ]
+    config = tmp_path / "pmx.toml"
+    config.write_text('[[app]]\nname = "api"\napp = "tests.apps.plain:app"\nwokers = 2\n')
+    cases.append(((
+        "start", str(config)),
+        f"Error: config file '{config}': app 'api': unknown key 'wokers'. "
+        "Did you mean 'workers'?"))
+    for args, message in cases:
+        result = pmx(*args)
+        assert result.returncode == 1, args
+        assert result.stderr.strip() == message
+    assert [a["name"] for a in pmx.status()["apps"]] == ["web"]
+
+
+def test_start_from_config_file(pmx, tmp_path):
+    ports = free_port(), free_port()
+    config = tmp_path / "pmx.toml"
+    config.write_text(
+        f'[[app]]\nname = "api"\napp = "{PLAIN}"\nworkers = 2\nbind = "127.0.0.1:{ports[0]}"\n'
+        f'app-dir = "{ROOT}"\n'
+        f'[[app]]\nname = "side"\napp = "{PLAIN}"\nbind = "127.0.0.1:{ports[1]}"\n'
+        f'app-dir = "{ROOT}"\nenv = {{ GREETING = "hello" }}\n'
+    )
+    pmx.ok("start", str(config))
+    apps = {a["name"]: a for a in pmx.status()["apps"]}
+    assert len(ready_pids(apps["api"])) == 2 and len(ready_pids(apps["side"])) == 1
+    assert json.loads(get(ports[1], "/env")[1])["GREETING"] == "hello"
+
+
+def test_status_without_daemon(pmx):
+    result = pmx("status")
+    assert result.returncode == 0
+    assert result.stdout.strip() == "No apps running. Start one with: pmx start module:app"
+    assert pmx.daemon_pid() is None  # status does not start a daemon
