@@ -298,3 +298,81 @@ def test_status_without_daemon(pmx):
     assert result.returncode == 0
     assert result.stdout.strip() == "No apps running. Start one with: pmx start module:app"
     assert pmx.daemon_pid() is None  # status does not start a daemon
+
+
+def test_crashed_daemon_is_cleaned_up_by_the_next_command(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "-i", "2", "--name", "web", "--bind", f"127.0.0.1:{port}")
+    procs = pmx.processes()
+    assert len(procs) == 4
+    os.kill(pmx.daemon_pid(), signal.SIGKILL)
+    # Masters see their control channel close and stop; no orphan survives.
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                             for p in procs), 40, "masters and workers to exit")
+    assert (pmx.home / "pmx.sock").exists() and (pmx.home / "pmx.pid").exists()  # stale
+    result = pmx("status")
+    assert result.stdout.strip().startswith("No apps running")
+    assert not (pmx.home / "pmx.sock").exists() and not (pmx.home / "pmx.pid").exists()
+    pmx.ok("start", PLAIN, "--name", "web", "--bind", f"127.0.0.1:{port}")
+    assert get(port, "/pid")[0] == 200
+
+
+def test_describe_shows_restart_history(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "-i", "2", "--name", "web", "--bind", f"127.0.0.1:{port}")
+    victim = min(ready_pids(pmx.app("web")))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(ready_pids(pmx.app("web")) - {victim}) == 2, 10, "a replacement")
+    info = json.loads(pmx.ok("describe", "web", "--json"))
+    assert info["config"]["workers"] == 2
+    assert info["logs"]["out"].endswith("logs/web.out.log")
+    [event] = info["history"]
+    assert (event["pid"], event["reason"], event["detail"]) == (
+        victim, "crash", "killed by SIGKILL")
+    text = pmx.ok("describe", "web")
+    assert f"pid {victim}  crash (killed by SIGKILL)" in text
+    assert sum(w["restarts"] for w in info["workers"]) == 1
+
+
+def test_monit_draws_and_quits_on_q(pmx):
+    import pty
+    import select
+
+    pmx.ok("start", PLAIN, "--name", "web", "--bind", f"127.0.0.1:{free_port()}")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pmx monit on a terminal
+        os.chdir(ROOT)
+        os.execve(PMX[0], [*PMX, "monit"], pmx.env)
+    screen = b""
+
+    def drawn() -> bool:
+        nonlocal screen
+        if select.select([fd], [], [], 0.1)[0]:
+            screen += os.read(fd, 65536)
+        return b"pmx monit" in screen and b"web" in screen
+
+    wait_for(drawn, 15, "the monit table")
+    os.write(fd, b"q")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                os.read(fd, 65536)
+            except OSError:
+                pass
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("monit did not quit on q")
+    assert os.waitstatus_to_exitcode(status) == 0
+    os.close(fd)
+
+
+def test_startup_prints_a_systemd_unit(pmx):
+    unit = pmx.ok("startup")
+    assert "[Service]" in unit
+    assert f"Environment=PMX_HOME={pmx.home}" in unit
+    assert "-m pmx.daemon --resurrect" in unit
+    assert "WantedBy=" in unit

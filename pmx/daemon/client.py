@@ -25,8 +25,10 @@ def request(home: Home, verb: str, args: dict[str, Any] | None = None,
     sock.settimeout(timeout)
     try:
         sock.connect(str(home.sock))
-    except (FileNotFoundError, ConnectionRefusedError):
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
+        if isinstance(exc, ConnectionRefusedError):
+            remove_stale(home)  # the socket file outlived its daemon
         raise DaemonNotRunning(f"no pmx daemon is running for {home.root}.") from None
     try:
         sock.sendall(json.dumps({"verb": verb, "args": args or {}}).encode() + b"\n")
@@ -50,18 +52,21 @@ def request(home: Home, verb: str, args: dict[str, Any] | None = None,
     return response.get("result")
 
 
-def daemon_pid(home: Home) -> int | None:
-    """The pid of the running daemon, or None (and stale files are removed)."""
-    try:
-        return int(request(home, "ping", timeout=5)["pid"])
-    except DaemonNotRunning:
-        pass
+def remove_stale(home: Home) -> None:
     for stale in (home.sock, home.pid):
         try:
             stale.unlink()
         except FileNotFoundError:
             pass
-    return None
+
+
+def daemon_pid(home: Home) -> int | None:
+    """The pid of the running daemon, or None (and stale files are removed)."""
+    try:
+        return int(request(home, "ping", timeout=5)["pid"])
+    except DaemonNotRunning:
+        remove_stale(home)
+        return None
 
 
 def ensure_daemon(home: Home, timeout: float = 10.0) -> int:
