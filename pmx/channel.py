@@ -27,6 +27,7 @@ import json
 import socket
 import struct
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,21 @@ def decode_load(message: bytes) -> Load:
 def send_fds(sock: socket.socket, fds: list[int]) -> None:
     """Send up to MAX_FDS descriptors in one message. Raises OSError (EAGAIN...)."""
     socket.send_fds(sock, [FDS], fds)
+
+
+def pending(sock: socket.socket) -> Iterator[tuple[bytes, list[int]]]:
+    """Every message queued on a non-blocking channel end. A final ``(b"", [])``
+    means the peer is gone (EOF or error)."""
+    while True:
+        try:
+            message, fds = recv(sock)
+        except BlockingIOError:
+            return
+        except OSError:
+            message, fds = b"", []
+        yield message, fds
+        if not message:
+            return
 
 
 def recv(sock: socket.socket) -> tuple[bytes, list[int]]:

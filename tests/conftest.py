@@ -13,8 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +57,55 @@ def get(port: int, path: str = "/pid", timeout: float = 10.0) -> tuple[int, str]
         return response.status, response.read().decode()
     finally:
         conn.close()
+
+
+def established(pids: Iterable[int], port: int) -> int:
+    """Open connections to ``port`` held by the processes ``pids``."""
+    count = 0
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections("tcp")
+        except psutil.NoSuchProcess:
+            continue
+        count += sum(
+            1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+        )
+    return count
+
+
+class SteadyLoad:
+    """Client threads sending requests on new connections until stopped; every
+    failure is kept. ``with SteadyLoad(port) as load: ...; assert load.failures == []``"""
+
+    def __init__(self, port: int, path: str = "/pid", clients: int = 4) -> None:
+        self.port, self.path = port, path
+        self.failures: list[BaseException] = []
+        self.served = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, _ = get(self.port, self.path, timeout=15)
+                assert status == 200, status
+                self.served += 1
+            except Exception as exc:  # noqa: BLE001 - any failure counts
+                self.failures.append(exc)
+
+    def wait_served(self, more: int, timeout: float = 10.0) -> None:
+        target = self.served + more
+        wait_for(lambda: self.served >= target, timeout, f"{more} more requests served")
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(20)
 
 
 def group_alive(pgid: int) -> bool:
@@ -125,6 +175,10 @@ class PmxRun:
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
+
+    def holds_connections(self) -> int:
+        """Connections to the app's port currently held by its workers."""
+        return established((w.pid for w in self.workers()), self.port)
 
     def wait_exit(self, timeout: float = 40.0) -> int:
         return self.proc.wait(timeout)

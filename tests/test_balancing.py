@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 
-import psutil
 import pytest
 
 from tests.conftest import wait_for
@@ -30,18 +29,7 @@ def test_where_connections_go_after_some_close(pmx_run, policy):
     assert sorted(order) == ["1", "2", "3", "4"]  # equal loads: one each, in turn
     for conn, _ in held[2:]:
         conn.close()
-    pids = {p.pid for p in run.workers()}
-
-    def closed_in_workers() -> bool:
-        established = sum(
-            1
-            for pid in pids
-            for c in psutil.Process(pid).net_connections("tcp")
-            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
-        )
-        return established == 2
-
-    wait_for(closed_in_workers, 5, "the workers to see two connections close")
+    wait_for(lambda: run.holds_connections() == 2, 5, "the workers to see two connections close")
     new = [open_on_worker(run.port) for _ in range(2)]
     expected = order[:2] if policy == "round-robin" else order[2:]
     assert sorted(w for _c, w in new) == sorted(expected)

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import PMX, ROOT, free_port, get, wait_for
+from tests.conftest import PMX, ROOT, SteadyLoad, free_port, get, wait_for
 
 PLAIN = "tests.apps.plain:app"
 
@@ -144,35 +144,17 @@ def test_killed_master_is_restarted_and_no_request_is_refused(pmx):
     port = free_port()
     pmx.ok("start", PLAIN, "-i", "2", "--name", "web", "--bind", f"127.0.0.1:{port}")
     master = pmx.app("web")["master_pid"]
-    failures: list[Exception] = []
-    served = [0]
-    stop = threading.Event()
+    with SteadyLoad(port) as load:
+        load.wait_served(20)
+        os.kill(master, signal.SIGKILL)
 
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                assert get(port, "/pid", timeout=15)[0] == 200
-                served[0] += 1
-            except Exception as exc:  # noqa: BLE001 - any failure counts
-                failures.append(exc)
+        def restarted() -> bool:
+            app = pmx.app("web")
+            return app["master_pid"] not in (None, master) and len(ready_pids(app)) == 2
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: served[0] > 20, 10, "requests flowing")
-    os.kill(master, signal.SIGKILL)
-
-    def restarted() -> bool:
-        app = pmx.app("web")
-        return app["master_pid"] not in (None, master) and len(ready_pids(app)) == 2
-
-    wait_for(restarted, 15, "a new master with two ready workers")
-    count = served[0]
-    wait_for(lambda: served[0] > count + 20, 10, "requests served by the new master")
-    stop.set()
-    for t in threads:
-        t.join(20)
-    assert failures == []
+        wait_for(restarted, 15, "a new master with two ready workers")
+        load.wait_served(20)
+    assert load.failures == []
     assert pmx.app("web")["restarts"] == 1
 
 
@@ -207,34 +189,16 @@ def test_logs_follow_shows_new_lines(pmx):
 def test_scale_under_load_loses_nothing(pmx):
     port = free_port()
     pmx.ok("start", PLAIN, "-i", "4", "--name", "web", "--bind", f"127.0.0.1:{port}")
-    failures: list[Exception] = []
-    served = [0]
-    stop = threading.Event()
-
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                assert get(port, "/slow?ms=20", timeout=15)[0] == 200
-                served[0] += 1
-            except Exception as exc:  # noqa: BLE001
-                failures.append(exc)
-
-    threads = [threading.Thread(target=client) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for wanted in (2, 6):
-        pmx.ok("scale", "web", str(wanted))
-        wait_for(
-            lambda n=wanted: len(pmx.app("web")["workers"]) == n
-            and len(ready_pids(pmx.app("web"))) == n,
-            20, f"{wanted} ready workers and no draining one",
-        )
-        count = served[0]
-        wait_for(lambda c=count: served[0] > c + 30, 10, "requests after scaling")
-    stop.set()
-    for t in threads:
-        t.join(20)
-    assert failures == []
+    with SteadyLoad(port, "/slow?ms=20", clients=6) as load:
+        for wanted in (2, 6):
+            pmx.ok("scale", "web", str(wanted))
+            wait_for(
+                lambda n=wanted: len(pmx.app("web")["workers"]) == n
+                and len(ready_pids(pmx.app("web"))) == n,
+                20, f"{wanted} ready workers and no draining one",
+            )
+            load.wait_served(30)
+    assert load.failures == []
     assert sorted(w["id"] for w in pmx.app("web")["workers"]) == [1, 2, 3, 4, 5, 6]
 
 

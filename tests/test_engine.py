@@ -114,14 +114,7 @@ def test_sigterm_lets_in_flight_request_finish(pmx_run):
     thread = threading.Thread(target=slow_request)
     thread.start()
 
-    def request_in_worker() -> bool:
-        return any(
-            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
-            for w in run.workers()
-            for c in w.net_connections("tcp")
-        )
-
-    wait_for(request_in_worker, 5, "the slow request to reach a worker")
+    wait_for(run.holds_connections, 5, "the slow request to reach a worker")
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
     thread.join(10)

@@ -24,14 +24,7 @@ def slow_request_in_flight(run, ms: int) -> dict:
 
     threading.Thread(target=request, daemon=True).start()
 
-    def in_worker() -> bool:
-        return any(
-            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
-            for w in run.workers()
-            for c in w.net_connections("tcp")
-        )
-
-    wait_for(in_worker, 5, "the slow request to reach a worker")
+    wait_for(run.holds_connections, 5, "the slow request to reach a worker")
     return result
 
 
@@ -111,14 +104,7 @@ def test_stop_serves_connections_still_queued_in_the_channel(pmx_run):
     threads = [threading.Thread(target=request, args=("/block?ms=1500",))]
     threads[0].start()
 
-    def blocked() -> bool:
-        return any(
-            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
-            for w in run.workers()
-            for c in w.net_connections("tcp")
-        )
-
-    wait_for(blocked, 5, "the blocking request to reach the worker")
+    wait_for(run.holds_connections, 5, "the blocking request to reach the worker")
     for _ in range(5):
         thread = threading.Thread(target=request, args=("/pid",))
         thread.start()
@@ -146,14 +132,7 @@ def test_stop_answers_a_new_connection_whose_request_comes_late(pmx_run):
     run.wait_serving(1)
     sock = socket.create_connection(("127.0.0.1", run.port), timeout=10)
 
-    def held_by_worker() -> bool:
-        return any(
-            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == run.port
-            for w in run.workers()
-            for c in w.net_connections("tcp")
-        )
-
-    wait_for(held_by_worker, 5, "the worker to hold the connection")
+    wait_for(run.holds_connections, 5, "the worker to hold the connection")
     run.signal(signal.SIGTERM)
     wait_for(lambda: "Shutting down" in run.log() or "stopping" in run.log(), 5, "the stop")
     sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -199,13 +199,7 @@ class Master:
         return worker
 
     def _on_message(self, worker: Worker) -> None:
-        while True:
-            try:
-                message, fds = channel.recv(worker.chan)
-            except BlockingIOError:
-                return
-            except OSError:
-                message, fds = b"", []
+        for message, fds in channel.pending(worker.chan):
             for fd in fds:
                 os.close(fd)
             kind = message[:1]

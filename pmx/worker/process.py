@@ -64,13 +64,11 @@ class WorkerServer:
         return 0
 
     def _on_channel(self) -> None:
-        while not self.stopped.is_set():  # type: ignore[union-attr]
-            try:
-                message, fds = channel.recv(self.chan)
-            except BlockingIOError:
+        for message, fds in channel.pending(self.chan):
+            if self.stopped.is_set():  # type: ignore[union-attr]
+                for fd in fds:
+                    os.close(fd)
                 return
-            except OSError:
-                message, fds = b"", []
             kind = message[:1]
             if kind == channel.FDS:
                 for fd in fds:
