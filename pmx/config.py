@@ -61,6 +61,17 @@ class AppConfig:
     backlog: int = 2048
     proxy_headers: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
+    # Replacing workers: reloads, recycling (max requests / memory), health.
+    ready_timeout: float = 30.0
+    max_requests: int = 0  # 0: no limit
+    max_requests_jitter: int = 0
+    max_memory: int = 0  # bytes of RSS (children included); 0: no limit
+    memory_interval: float = 1.0
+    health_path: str = ""  # "": the probe is answered by the worker's event loop
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    health_fall: int = 3
+    health_rise: int = 2
     # Used when the daemon runs the app (pmx start): its log files.
     log_max_size: int = 10 * 1024 * 1024
     log_backups: int = 5
@@ -80,6 +91,20 @@ class AppConfig:
         self.max_boot_failures = parse_positive_int("max_boot_failures", self.max_boot_failures)
         self.timeout_keep_alive = parse_positive_int("timeout_keep_alive", self.timeout_keep_alive)
         self.backlog = parse_positive_int("backlog", self.backlog)
+        self.ready_timeout = parse_seconds("ready_timeout", self.ready_timeout)
+        self.max_requests = parse_count("max_requests", self.max_requests)
+        self.max_requests_jitter = parse_count("max_requests_jitter", self.max_requests_jitter)
+        off = str(self.max_memory).strip() in ("", "0")
+        self.max_memory = 0 if off else parse_size("max_memory", self.max_memory)
+        self.memory_interval = parse_seconds("memory_interval", self.memory_interval)
+        if self.health_path and not str(self.health_path).startswith("/"):
+            raise ConfigError(
+                "health_path", f"'{self.health_path}' is not a path: expected it to start with '/'."
+            )
+        self.health_interval = parse_seconds("health_interval", self.health_interval)
+        self.health_timeout = parse_seconds("health_timeout", self.health_timeout)
+        self.health_fall = parse_positive_int("health_fall", self.health_fall)
+        self.health_rise = parse_positive_int("health_rise", self.health_rise)
         self.log_max_size = parse_size("log_max_size", self.log_max_size)
         self.log_backups = parse_count("log_backups", self.log_backups)
         if self.app_dir:

@@ -117,6 +117,16 @@ _KEYS: dict[str, _Key] = {
         "log_max_size", "number", 'expected a number of bytes or a size like "10M".'
     ),
     "log-backups": _Key("log_backups", "number", _WHOLE),
+    "ready-timeout": _Key("ready_timeout", "number", "expected a number of seconds."),
+    "max-requests": _Key("max_requests", "number", _WHOLE),
+    "max-requests-jitter": _Key("max_requests_jitter", "number", _WHOLE),
+    "max-memory": _Key("max_memory", "number", 'expected a size like "300M".'),
+    "memory-interval": _Key("memory_interval", "number", "expected a number of seconds."),
+    "health-path": _Key("health_path", "str", _STRING),
+    "health-interval": _Key("health_interval", "number", "expected a number of seconds."),
+    "health-timeout": _Key("health_timeout", "number", "expected a number of seconds."),
+    "health-fall": _Key("health_fall", "number", _WHOLE),
+    "health-rise": _Key("health_rise", "number", _WHOLE),
 }
 
 # AppConfig field name -> dash spelling, for keys that were not in the file.

@@ -7,7 +7,9 @@ the test did. Waiting is always on a condition with a deadline (``wait_for``).
 
 from __future__ import annotations
 
+import collections
 import http.client
+import json
 import os
 import signal
 import socket
@@ -74,24 +76,44 @@ def established(pids: Iterable[int], port: int) -> int:
 
 
 class SteadyLoad:
-    """Client threads sending requests on new connections until stopped; every
-    failure is kept. ``with SteadyLoad(port) as load: ...; assert load.failures == []``"""
+    """Client threads sending requests until stopped, ``clients`` on a new connection
+    per request and ``keep_alive`` reusing theirs (reconnecting only when the server
+    says ``Connection: close``, as HTTP clients do). Every failure is kept, and every
+    response body is counted. ``with SteadyLoad(port) as load: ...``"""
 
-    def __init__(self, port: int, path: str = "/pid", clients: int = 4) -> None:
+    def __init__(self, port: int, path: str = "/pid", clients: int = 4,
+                 keep_alive: int = 0) -> None:
         self.port, self.path = port, path
         self.failures: list[BaseException] = []
+        self.bodies: collections.Counter[str] = collections.Counter()
         self.served = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+        self._threads += [threading.Thread(target=self._keep_alive) for _ in range(keep_alive)]
+
+    def _count(self, status: int, body: str) -> None:
+        assert status == 200, status
+        self.bodies[body] += 1
+        self.served += 1
 
     def _client(self) -> None:
         while not self._stop.is_set():
             try:
-                status, _ = get(self.port, self.path, timeout=15)
-                assert status == 200, status
-                self.served += 1
+                self._count(*get(self.port, self.path, timeout=15))
             except Exception as exc:  # noqa: BLE001 - any failure counts
                 self.failures.append(exc)
+
+    def _keep_alive(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        while not self._stop.is_set():
+            try:
+                conn.request("GET", self.path)
+                response = conn.getresponse()
+                self._count(response.status, response.read().decode())
+            except Exception as exc:  # noqa: BLE001
+                self.failures.append(exc)
+                conn.close()
+        conn.close()
 
     def wait_served(self, more: int, timeout: float = 10.0) -> None:
         target = self.served + more
@@ -224,3 +246,60 @@ def run_pmx(*args: str, timeout: float = 30.0, **kwargs: Any) -> subprocess.Comp
         [*PMX, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL, start_new_session=True, **kwargs,
     )
+
+
+class Pmx:
+    def __init__(self, home) -> None:
+        self.home = home
+        self.env = {**os.environ, "PMX_HOME": str(home)}
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*PMX, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def status(self) -> dict:
+        return json.loads(self.ok("status", "--json"))
+
+    def app(self, name: str) -> dict:
+        return next(a for a in self.status()["apps"] if a["name"] == name)
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return int((self.home / "pmx.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def processes(self) -> list[psutil.Process]:
+        """Every pmx process (daemon, masters, workers) of this home's daemon."""
+        pid = self.daemon_pid()
+        if pid is None:
+            return []
+        try:
+            daemon = psutil.Process(pid)
+            return [daemon, *daemon.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+
+@pytest.fixture
+def pmx(tmp_path):
+    tool = Pmx(tmp_path / "home")
+    yield tool
+    procs = tool.processes()
+    tool("kill", timeout=60)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def ready_pids(app: dict) -> set[int]:
+    return {w["pid"] for w in app["workers"] if w["state"] == "ready"}

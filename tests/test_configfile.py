@@ -552,3 +552,16 @@ def test_error_names_the_path_as_given(tmp_path, monkeypatch):
     assert load_error("apps.toml") == (
         "config file 'apps.toml': app #1: missing key 'app' (the import string, module:attribute)."
     )
+
+
+def test_every_setting_has_a_config_file_key_and_a_cli_option():
+    """AppConfig, pmx.toml keys and CLI options must not drift apart."""
+    import dataclasses
+
+    from pmx.cli.options import PARAM_HINTS
+    from pmx.config import AppConfig
+    from pmx.configfile import _KEYS
+
+    fields = {f.name for f in dataclasses.fields(AppConfig)}
+    assert fields == {k.field for k in _KEYS.values() if k.field}
+    assert fields == set(PARAM_HINTS)

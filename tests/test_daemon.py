@@ -13,66 +13,9 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import PMX, ROOT, SteadyLoad, free_port, get, wait_for
+from tests.conftest import PMX, ROOT, SteadyLoad, free_port, get, ready_pids, wait_for
 
 PLAIN = "tests.apps.plain:app"
-
-
-class Pmx:
-    def __init__(self, home) -> None:
-        self.home = home
-        self.env = {**os.environ, "PMX_HOME": str(home)}
-
-    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*PMX, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
-        )
-
-    def ok(self, *args: str) -> str:
-        result = self(*args)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def status(self) -> dict:
-        return json.loads(self.ok("status", "--json"))
-
-    def app(self, name: str) -> dict:
-        return next(a for a in self.status()["apps"] if a["name"] == name)
-
-    def daemon_pid(self) -> int | None:
-        try:
-            return int((self.home / "pmx.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def processes(self) -> list[psutil.Process]:
-        """Every pmx process (daemon, masters, workers) of this home's daemon."""
-        pid = self.daemon_pid()
-        if pid is None:
-            return []
-        try:
-            daemon = psutil.Process(pid)
-            return [daemon, *daemon.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-
-@pytest.fixture
-def pmx(tmp_path):
-    tool = Pmx(tmp_path / "home")
-    yield tool
-    procs = tool.processes()
-    tool("kill", timeout=60)
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
-def ready_pids(app: dict) -> set[int]:
-    return {w["pid"] for w in app["workers"] if w["state"] == "ready"}
 
 
 def test_start_two_apps_status_and_control_socket(pmx):

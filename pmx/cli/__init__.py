@@ -5,7 +5,18 @@ from __future__ import annotations
 import click
 
 from pmx import __version__
-from pmx.cli.apps import daemon, delete, kill, restart, resurrect, save, scale, start, stop
+from pmx.cli.apps import (
+    daemon,
+    delete,
+    kill,
+    reload,
+    restart,
+    resurrect,
+    save,
+    scale,
+    start,
+    stop,
+)
 from pmx.cli.run import run
 from pmx.cli.views import describe, logs, monit, startup, status
 
@@ -16,7 +27,7 @@ def cli() -> None:
     """pmx: run and supervise Python web apps (ASGI and WSGI) behind one port."""
 
 
-for command in (run, start, stop, restart, delete, scale, describe, logs, monit, save,
+for command in (run, start, stop, restart, reload, delete, scale, describe, logs, monit, save,
                 resurrect, startup, kill, daemon):
     cli.add_command(command)
 cli.add_command(status)

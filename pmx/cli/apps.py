@@ -90,6 +90,19 @@ def restart(name: str) -> None:
 
 @click.command()
 @NAME
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Workers replaced at a time.")
+def reload(name: str, parallel: int) -> None:
+    """Zero-downtime rolling reload: each worker is replaced by a fresh one running the
+    code on disk, which must be ready before the old one drains. If a new worker fails,
+    the reload stops, the old workers keep serving, and this exits 1 with its error."""
+    result = call("reload", {"name": name, "parallel": parallel})
+    for app, pids in result["reloaded"].items():
+        click.echo(f"reloaded {app}: new pids {' '.join(str(p) for p in pids)}")
+
+
+@click.command()
+@NAME
 def delete(name: str) -> None:
     """Stop an app (or all) and forget it."""
     deleted = call("delete", {"name": name})["deleted"]

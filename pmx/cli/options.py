@@ -25,6 +25,21 @@ PARAM_HINTS = {
     "log_level": "'--log-level'",
     "timeout_keep_alive": "'--timeout-keep-alive'",
     "backlog": "'--backlog'",
+    "access_log": "'--access-log'",
+    "proxy_headers": "'--proxy-headers'",
+    "forwarded_allow_ips": "'--forwarded-allow-ips'",
+    "ready_timeout": "'--ready-timeout'",
+    "max_requests": "'--max-requests'",
+    "max_requests_jitter": "'--max-requests-jitter'",
+    "max_memory": "'--max-memory'",
+    "memory_interval": "'--memory-interval'",
+    "health_path": "'--health-path'",
+    "health_interval": "'--health-interval'",
+    "health_timeout": "'--health-timeout'",
+    "health_fall": "'--health-fall'",
+    "health_rise": "'--health-rise'",
+    "log_max_size": "'--log-max-size'",
+    "log_backups": "'--log-backups'",
 }
 
 _OPTIONS = [
@@ -58,6 +73,27 @@ _OPTIONS = [
     click.option("--proxy-headers/--no-proxy-headers", default=True, show_default=True,
                  help="Trust X-Forwarded-For/Proto from --forwarded-allow-ips."),
     click.option("--forwarded-allow-ips", default="127.0.0.1", show_default=True),
+    click.option("--ready-timeout", default="30", show_default=True, metavar="SECONDS",
+                 help="How long a new worker may take to become ready during a reload."),
+    click.option("--max-requests", default="0", show_default=True, metavar="N",
+                 help="Replace a worker after it served N requests (0: never)."),
+    click.option("--max-requests-jitter", default="0", show_default=True, metavar="J",
+                 help="Add 0..J to each worker's --max-requests, so they do not all recycle "
+                      "at once."),
+    click.option("--max-memory", default="0", show_default=True, metavar="SIZE",
+                 help="Replace a worker whose RSS (children included) stays above SIZE "
+                      "(K/M/G) for 3 samples (0: no limit)."),
+    click.option("--memory-interval", default="1", show_default=True, metavar="SECONDS",
+                 help="How often worker memory is sampled."),
+    click.option("--health-path", default="", metavar="PATH",
+                 help="Probe workers with GET PATH through the app (default: the worker's "
+                      "event loop answers)."),
+    click.option("--health-interval", default="2", show_default=True, metavar="SECONDS"),
+    click.option("--health-timeout", default="1", show_default=True, metavar="SECONDS"),
+    click.option("--health-fall", default="3", show_default=True, metavar="N",
+                 help="Failed probes in a row that take a worker out of rotation."),
+    click.option("--health-rise", default="2", show_default=True, metavar="N",
+                 help="Passed probes in a row that bring it back."),
 ]
 
 

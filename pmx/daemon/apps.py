@@ -27,7 +27,7 @@ from typing import Any
 from pmx import channel
 from pmx.config import AppConfig
 from pmx.daemon.paths import Home
-from pmx.errors import PmxError
+from pmx.errors import BootError, PmxError
 from pmx.logfiles import RotatingLog
 from pmx.master.backoff import Backoff
 from pmx.master.listener import bound_address, listen
@@ -246,7 +246,7 @@ class ManagedApp:
 
     # ------------------------------------------------------------------ requests
 
-    async def ask(self, op: str, **args: Any) -> Any:
+    async def ask(self, op: str, timeout: float = CONTROL_TIMEOUT, **args: Any) -> Any:
         """A control request to the master; its result, or PmxError."""
         if self.control is None or self.state not in (AppState.STARTING, AppState.RUNNING):
             raise PmxError(f"app '{self.config.name}' is {self.state.value}.")
@@ -255,12 +255,14 @@ class ManagedApp:
         self.pending[self.next_id] = future
         self.control.send(json.dumps({"id": self.next_id, "op": op, **args}).encode())
         try:
-            reply = await asyncio.wait_for(future, CONTROL_TIMEOUT)
+            reply = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise PmxError(f"the master of '{self.config.name}' did not answer.") from None
         finally:
             self.pending.pop(self.next_id, None)
         if not reply.get("ok"):
+            if reply.get("detail") is not None:
+                raise BootError(str(reply.get("error")), reply.get("detail") or "")
             raise PmxError(str(reply.get("error")))
         return reply.get("result")
 

@@ -112,6 +112,30 @@ class Delete(Stop):
         return {"deleted": names}
 
 
+class Reload(Handler):
+    def validate(self, daemon: Daemon, args: dict[str, Any]) -> tuple[list[str], int]:
+        names = _names(daemon, args)
+        parallel = args.get("parallel", 1)
+        if not isinstance(parallel, int) or parallel < 1:
+            raise PmxError(f"'{parallel}' is not a valid --parallel: expected a whole number >= 1.")
+        for name in names:
+            state = daemon.apps[name].state
+            if state is not AppState.RUNNING:
+                raise PmxError(f"cannot reload '{name}': it is {state.value}.")
+        return names, parallel
+
+    async def execute(self, daemon: Daemon, checked: tuple[list[str], int]) -> dict[str, Any]:
+        names, parallel = checked
+        reloaded = {}
+        for name in names:
+            app = daemon.apps[name]
+            budget = (app.config.ready_timeout + app.config.graceful_timeout) * (
+                app.config.workers + 1
+            )
+            reloaded[name] = await app.ask("reload", timeout=budget, parallel=parallel)
+        return {"reloaded": reloaded}
+
+
 class Status(Handler):
     async def execute(self, daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
         return await _status(daemon, list(daemon.apps))
@@ -205,6 +229,7 @@ HANDLERS: dict[str, Handler] = {
     "stop": Stop(),
     "restart": Restart(),
     "delete": Delete(),
+    "reload": Reload(),
     "status": Status(),
     "describe": Describe(),
     "scale": Scale(),

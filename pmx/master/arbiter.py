@@ -63,6 +63,11 @@ class AppState(enum.Enum):
     STOPPED = "stopped"
 
 
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s", task.exception())
+
+
 class Master:
     def __init__(
         self,
@@ -86,6 +91,8 @@ class Master:
         self.history: list[dict[str, Any]] = []
         self.boot_failures = 0
         self.ever_ready = False
+        self.replacing: set[int] = set()  # slots whose worker is being replaced
+        self.reloading = False
         self.announced = False
         self.failure: PmxError | None = None
         self.stop_deadline = 0.0
@@ -105,7 +112,7 @@ class Master:
         self.address = bound_address(self.listener, self.address)
         self.dispatch = Dispatcher(self.listener, self.policy)
         setproctitle(f"pmx: master {self.config.name} {self.address}")
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
         for sig in handled:
             loop.add_signal_handler(sig, self.events.put_nowait, ("signal", sig))
         try:
@@ -148,6 +155,9 @@ class Master:
             self._check_stop()
 
     def _handle_signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            self.start_reload()
+            return
         if sig in (signal.SIGTTIN, signal.SIGTTOU):
             wanted = self.config.workers + (1 if sig == signal.SIGTTIN else -1)
             try:
@@ -164,7 +174,7 @@ class Master:
 
     # ------------------------------------------------------------------ workers
 
-    def spawn(self, worker_id: int) -> Worker:
+    def spawn(self, worker_id: int, replacement: bool = False) -> Worker:
         parent, child = channel.socketpair()
         env = dict(os.environ)
         env.update(self.config.env)
@@ -187,7 +197,8 @@ class Master:
         }
         parent.send(channel.encode_json(channel.HELLO, hello))
         parent.setblocking(False)
-        worker = Worker(id=worker_id, process=process, chan=parent, started_at=self.clock())
+        worker = Worker(id=worker_id, process=process, chan=parent, started_at=self.clock(),
+                        replacement=replacement)
         self.live.append(worker)
         loop = asyncio.get_running_loop()
         loop.add_reader(parent.fileno(), self._on_message, worker)
@@ -228,6 +239,8 @@ class Master:
             worker.id, worker.pid, worker.ready_at - worker.started_at,
         )
         self.dispatch.add(worker)
+        if worker.ready_waiter is not None and not worker.ready_waiter.done():
+            worker.ready_waiter.set_result(None)
         if not self.ever_ready:
             self.ever_ready = True
             self.state = AppState.RUNNING
@@ -247,14 +260,14 @@ class Master:
         """The worker got SIGTERM from someone: drain it and start a replacement."""
         if worker.state is WorkerState.READY:
             log.info("worker #%d (pid %d) asked to stop; replacing it", worker.id, worker.pid)
-            self._drain(worker)
+            self.drain(worker)
             if self.state in (AppState.STARTING, AppState.RUNNING):
-                self._record(worker, "signal", "SIGTERM")
+                self.record(worker, "signal", "SIGTERM")
                 self.spawn(worker.id)
         else:
             self._send_stop(worker)
 
-    def _drain(self, worker: Worker) -> None:
+    def drain(self, worker: Worker) -> None:
         """Out of rotation first, then STOP: no fd can follow the STOP."""
         self.dispatch.remove(worker)
         if worker.state is WorkerState.STARTING:
@@ -295,6 +308,14 @@ class Master:
             return
         was_ready = worker.ready_at is not None
         worker.transition(WorkerState.FAILED, describe_exit(code))
+        if worker.replacement and not was_ready:
+            # A reload's new worker failed: the reload reports it; the old one serves on.
+            error = self._boot_error(worker, code)
+            log.error("worker #%d (pid %d) failed to start: %s",
+                      worker.id, worker.pid, error.message.partition("failed to start: ")[2])
+            if worker.ready_waiter is not None and not worker.ready_waiter.done():
+                worker.ready_waiter.set_exception(error)
+            return
         if self.state is AppState.STOPPING:
             return
         if self.state is AppState.ERRORED:  # not respawning any more
@@ -322,11 +343,11 @@ class Master:
         )
         if worker.error:
             log.warning("worker #%d error: %s", worker.id, worker.error.strip())
-        self._record(worker, "crash" if was_ready else "boot", describe_exit(code))
+        self.record(worker, "crash" if was_ready else "boot", describe_exit(code))
         handle = loop.call_later(delay, self.events.put_nowait, ("spawn", worker.id))
         self.respawns[worker.id] = handle
 
-    def _record(self, worker: Worker, reason: str, detail: str) -> None:
+    def record(self, worker: Worker, reason: str, detail: str) -> None:
         self.restarts[worker.id] = self.restarts.get(worker.id, 0) + 1
         self.history.append({
             "time": time.time(), "worker": worker.id, "pid": worker.pid,
@@ -366,6 +387,16 @@ class Master:
         self.failure = error
         self.begin_stop("failure")
 
+    # ------------------------------------------------------------------ reload
+
+    def start_reload(self, parallel: int = 1) -> asyncio.Task[list[int]]:
+        """Begin a rolling reload (pmx.master.reload) in the background."""
+        from pmx.master.reload import reload
+
+        task = asyncio.get_running_loop().create_task(reload(self, parallel))
+        task.add_done_callback(_log_failure)
+        return task
+
     # ------------------------------------------------------------------ scaling
 
     def scale(self, workers: int) -> None:
@@ -374,6 +405,8 @@ class Master:
             raise ConfigError("workers", f"'{workers}' is not a valid worker count: expected >= 1.")
         if self.state not in (AppState.STARTING, AppState.RUNNING):
             raise PmxError(f"cannot scale {self.config.name} while it is {self.state.value}.")
+        if self.replacing:
+            raise PmxError(f"cannot scale {self.config.name} while workers are being replaced.")
         name, before = self.config.name, self.config.workers
         log.info("scaling %s from %d to %d worker(s)", name, before, workers)
         self.config.workers = workers
@@ -384,7 +417,7 @@ class Master:
             if worker_id in self.respawns:
                 self.respawns.pop(worker_id).cancel()
             if worker_id in active:
-                self._drain(active[worker_id])
+                self.drain(active[worker_id])
         free = (i for i in range(1, 10**6) if i not in slots)
         for _ in range(workers - len(slots)):
             self.spawn(next(free))
@@ -409,7 +442,7 @@ class Master:
             )
         for worker in self.live:
             if worker.state in (WorkerState.READY, WorkerState.STARTING):
-                self._drain(worker)
+                self.drain(worker)
         self._check_stop()
 
     def _check_stop(self) -> None:

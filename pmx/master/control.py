@@ -20,6 +20,7 @@ from typing import Any
 
 from pmx.errors import PmxError
 from pmx.master.arbiter import Master
+from pmx.master.reload import ReloadError
 from pmx.master.status import snapshot
 
 log = logging.getLogger("pmx.master")
@@ -30,6 +31,7 @@ class Control:
         self.sock = sock
         self.master = master
         master.on_event = self.emit
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self.sock.setblocking(False)
@@ -64,20 +66,29 @@ class Control:
                 self.master.begin_stop("daemon gone")
                 return
             request = json.loads(data)
-            try:
-                result = self._execute(request)
-            except PmxError as exc:
-                self._send({"id": request.get("id"), "ok": False, "error": str(exc)})
-            else:
-                self._send({"id": request.get("id"), "ok": True, "result": result})
+            task = asyncio.get_running_loop().create_task(self._answer(request))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
-    def _execute(self, request: dict[str, Any]) -> Any:
+    async def _answer(self, request: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"id": request.get("id")}
+        try:
+            reply.update(ok=True, result=await self._execute(request))
+        except ReloadError as exc:
+            reply.update(ok=False, error=exc.message, detail=exc.detail)
+        except PmxError as exc:
+            reply.update(ok=False, error=str(exc))
+        self._send(reply)
+
+    async def _execute(self, request: dict[str, Any]) -> Any:
         op = request.get("op")
         if op == "status":
             return snapshot(self.master)
         if op == "scale":
             self.master.scale(int(request["workers"]))
             return snapshot(self.master)
+        if op == "reload":
+            return await self.master.start_reload(int(request.get("parallel", 1)))
         if op == "stop":
             self.master.begin_stop(str(request.get("why", "pmx stop")))
             return None

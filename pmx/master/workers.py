@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import socket
@@ -44,6 +45,10 @@ class Worker:
     error: str = ""  # boot error text the worker sent before exiting
     exit_code: int | None = None
     pidfd: int = -1
+    # Set for a worker started to replace another (reload, recycling): if it fails
+    # before it is ready, the one it replaces keeps serving and nothing is respawned.
+    replacement: bool = False
+    ready_waiter: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int:

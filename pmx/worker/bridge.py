@@ -10,7 +10,9 @@ in uvicorn. What that needs from uvicorn beyond its public ``Config``/``Server``
 - ``Server.server_state`` has ``connections`` and ``tasks`` sets that protocols
   ``add``/``discard`` themselves and their request tasks to, and ``total_requests``;
 - ``Server.on_tick`` refreshes the default (date) headers; ``Server.shutdown`` drains;
-- an HTTP protocol's ``cycle`` stays ``None`` until its first request is parsed.
+- an HTTP protocol's ``cycle`` stays ``None`` until its first request is parsed; a
+  cycle has ``response_complete`` and ``keep_alive`` (False: the response closes);
+- ``uvicorn._compat.asyncio_run`` runs the worker loop with uvicorn's loop factory.
 
 ``tests/test_bridge.py`` checks each of these so that a uvicorn upgrade that changes them
 fails loudly, and pyproject pins uvicorn to the tested range.
@@ -164,6 +166,25 @@ class UvicornBridge:
         """Connections that have not yet sent their first request."""
         connections = self.server.server_state.connections
         return sum(1 for c in connections if getattr(c, "cycle", 0) is None)
+
+    async def drain(self, limit: float) -> None:
+        """Let open connections end on their own, up to ``limit`` seconds.
+
+        Closing an idle keep-alive connection races with a client that is sending its
+        next request on it. So instead, every request that arrives is answered with
+        ``Connection: close``, and connections that stay idle are closed by uvicorn's
+        keep-alive timeout, as in normal operation. New connections that have not sent
+        their first request yet are treated the same way.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        connections = self.server.server_state.connections
+        while connections and loop.time() < end:
+            for connection in list(connections):
+                cycle = getattr(connection, "cycle", None)
+                if cycle is not None and not cycle.response_complete:
+                    cycle.keep_alive = False
+            await asyncio.sleep(0.01)
 
     async def wait_adopted(self) -> None:
         while self._adopting:

@@ -56,7 +56,7 @@ class WorkerServer:
         await self.stopped.wait()
         loop.remove_reader(self.chan.fileno())
         await self.bridge.wait_adopted()
-        await self._await_first_requests()
+        await self.bridge.drain(self.bridge.uv_config.timeout_keep_alive + 0.5)
         ticker.cancel()
         # uvicorn cancels what is still running after the graceful timeout, so an
         # orphaned worker (its master died) does not outlive that limit either.
@@ -90,13 +90,6 @@ class WorkerServer:
         if not self._send(channel.LEAVING):
             self._on_channel()  # the master is gone: take what is queued, then stop
             self.stopped.set()  # type: ignore[union-attr]
-
-    async def _await_first_requests(self) -> None:
-        """Give connections handed over just before the stop a moment to send their
-        first request, so the shutdown below answers it instead of closing it."""
-        deadline = asyncio.get_running_loop().time() + self.bridge.uv_config.timeout_keep_alive
-        while self.bridge.fresh_connections() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
 
     async def _tick(self) -> None:
         counter = 0

@@ -1,0 +1,86 @@
+"""Rolling reloads under load: no failed request, new code served, broken code refused."""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+
+from tests.conftest import SteadyLoad, free_port, get, ready_pids, wait_for
+
+APP = textwrap.dedent('''
+    import os
+
+    VERSION = "{version}"
+
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({{"type": message["type"] + ".complete"}})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        body = f"{{VERSION}} {{os.getpid()}}".encode()
+        await send({{"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]}})
+        await send({{"type": "http.response.body", "body": body}})
+''')
+
+
+def write_app(directory, version: str) -> None:
+    (directory / "versioned.py").write_text(APP.format(version=version))
+
+
+def test_reload_under_load_serves_new_code_and_loses_nothing(pmx, tmp_path):
+    write_app(tmp_path, "v1")
+    port = free_port()
+    pmx.ok("start", "versioned:app", "-i", "4", "--name", "web", "--bind",
+           f"127.0.0.1:{port}", "--app-dir", str(tmp_path))
+    old = ready_pids(pmx.app("web"))
+    with SteadyLoad(port, "/", clients=4, keep_alive=4) as load:
+        load.wait_served(300)
+        write_app(tmp_path, "v2")
+        out = pmx.ok("reload", "web")
+        load.wait_served(300)
+    assert load.failures == []
+    new = ready_pids(pmx.app("web"))
+    assert len(new) == 4 and not new & old
+    assert out.strip() == f"reloaded web: new pids {' '.join(map(str, sorted(new)))}"
+    assert {get(port, "/")[1].split()[0] for _ in range(8)} == {"v2"}
+    versions = {body.split()[0] for body in load.bodies}
+    assert versions == {"v1", "v2"}
+    history = json.loads(pmx.ok("describe", "web", "--json"))["history"]
+    assert sorted(h["pid"] for h in history if h["reason"] == "reload") == sorted(old)
+
+
+def test_reload_with_broken_code_keeps_the_old_workers(pmx, tmp_path):
+    write_app(tmp_path, "v1")
+    port = free_port()
+    pmx.ok("start", "versioned:app", "-i", "2", "--name", "web", "--bind",
+           f"127.0.0.1:{port}", "--app-dir", str(tmp_path))
+    old = ready_pids(pmx.app("web"))
+    with SteadyLoad(port, "/", clients=2, keep_alive=2) as load:
+        load.wait_served(100)
+        (tmp_path / "versioned.py").write_text("def broken(:\n")
+        result = pmx("reload", "web")
+        load.wait_served(100)
+    assert load.failures == []
+    assert result.returncode == 1
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("Error: worker #1 (pid ") and "failed to start: SyntaxError" in first
+    assert ready_pids(pmx.app("web")) == old
+    assert {body.split()[0] for body in load.bodies} == {"v1"}
+    assert pmx.app("web")["state"] == "running"
+
+
+def test_sighup_reloads_pmx_run(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2")
+    run.wait_serving(2)
+    old = run.worker_pids()
+    run.signal(signal.SIGHUP)
+    wait_for(lambda: "reload of tests.apps.plain done" in run.log(), 15, "the reload")
+    wait_for(lambda: run.worker_pids().isdisjoint(old) and len(run.worker_pids()) == 2,
+             10, "the old workers to exit")
+    served = {int(get(run.port, "/pid")[1]) for _ in range(4)}
+    assert served == run.worker_pids()
