@@ -8,12 +8,16 @@ master -> worker
     ``H`` + JSON   hello: the worker id and the app config (the first message)
     ``F``          one or more connection fds in SCM_RIGHTS ancillary data
     ``S``          stop: no fd follows; serve what you hold, then exit
+    ``P`` + u64    health probe number N
 
 worker -> master
     ``R`` + JSON   ready: app imported and lifespan startup complete
     ``L`` + 4 x u64  load: fds received, open connections, requests in flight,
                    requests served (absolute counters, so reports may coalesce)
     ``E`` + JSON   boot error: message and traceback, sent before exiting
+    ``Q`` + u64 + u8  probe N's answer: 1 healthy, 0 not. Without a health path the
+                   event loop answers at once (it is not blocked); with one, the answer
+                   is a GET of that path through the app (2xx/3xx is healthy)
     ``D``          leaving: the worker was told to stop (SIGTERM); the master takes it
                    out of rotation and answers ``S`` once no fd can follow
 
@@ -38,10 +42,14 @@ READY = b"R"
 LOAD = b"L"
 ERROR = b"E"
 LEAVING = b"D"
+PROBE = b"P"
+PROBE_REPLY = b"Q"
 
 MAX_MESSAGE = 256 * 1024
 MAX_FDS = 253  # SCM_MAX_FD on Linux
 _LOAD = struct.Struct("!QQQQ")
+_PROBE = struct.Struct("!Q")
+_REPLY = struct.Struct("!QB")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,23 @@ def encode_load(load: Load) -> bytes:
 
 def decode_load(message: bytes) -> Load:
     return Load(*_LOAD.unpack(message[1 : 1 + _LOAD.size]))
+
+
+def encode_probe(number: int) -> bytes:
+    return PROBE + _PROBE.pack(number)
+
+
+def decode_probe(message: bytes) -> int:
+    return int(_PROBE.unpack(message[1 : 1 + _PROBE.size])[0])
+
+
+def encode_probe_reply(number: int, healthy: bool) -> bytes:
+    return PROBE_REPLY + _REPLY.pack(number, 1 if healthy else 0)
+
+
+def decode_probe_reply(message: bytes) -> tuple[int, bool]:
+    number, healthy = _REPLY.unpack(message[1 : 1 + _REPLY.size])
+    return int(number), bool(healthy)
 
 
 def send_fds(sock: socket.socket, fds: list[int]) -> None:

@@ -84,11 +84,14 @@ def logs(name: str | None, lines: int, follow: bool, err: bool) -> None:
         if not home.out_log(name).exists() and not home.err_log(name).exists():
             raise click.ClickException(f"no logs for an app named '{name}' in {home.logs}.")
     else:
-        names = sorted({p.name.split(".")[0] for p in home.logs.glob("*.*.log")} - {"daemon"})
+        names = sorted(
+            {p.name[: -len(".out.log")] for p in home.logs.glob("*.out.log")}
+            | {p.name[: -len(".err.log")] for p in home.logs.glob("*.err.log")}
+        )
     paths = [str(home.err_log(n)) for n in names]
     if not err:
         paths = [p for n in names for p in (str(home.out_log(n)), str(home.err_log(n)))]
-    label = {p: Path(p).name.rsplit(".", 2)[0] for p in paths}
+    label = {p: Path(p).name.rsplit(".", 2)[0] for p in paths}  # NAME of NAME.out.log
     many = len(names) > 1
 
     def show(path: str, line: str) -> None:

@@ -153,6 +153,8 @@ class ManagedApp:
                     self.state = AppState.RUNNING
                 self.backoff = Backoff() if self.restarts == 0 else self.backoff
                 self.started_event.set()
+            elif event == "scaled":  # also after SIGTTIN/SIGTTOU sent to the master
+                self.config.workers = int(message["workers"])
             elif event in ("failed", "errored"):
                 self.failed = event == "failed"
                 self.error = message.get("error", "")
@@ -248,7 +250,7 @@ class ManagedApp:
 
     async def ask(self, op: str, timeout: float = CONTROL_TIMEOUT, **args: Any) -> Any:
         """A control request to the master; its result, or PmxError."""
-        if self.control is None or self.state not in (AppState.STARTING, AppState.RUNNING):
+        if self.control is None or self.state is AppState.STOPPING:
             raise PmxError(f"app '{self.config.name}' is {self.state.value}.")
         self.next_id += 1
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -268,7 +270,7 @@ class ManagedApp:
 
     async def status(self) -> dict[str, Any]:
         master: dict[str, Any] = {}
-        if self.state in (AppState.STARTING, AppState.RUNNING):
+        if self.control is not None:
             try:
                 master = await self.ask("status")
             except PmxError:

@@ -141,9 +141,15 @@ class Status(Handler):
         return await _status(daemon, list(daemon.apps))
 
 
+def _one_name(daemon: Daemon, args: dict[str, Any], verb: str) -> str:
+    if args.get("name") == "all":
+        raise PmxError(f"{verb} takes one app name, not 'all'.")
+    return _names(daemon, args)[0]
+
+
 class Describe(Handler):
     def validate(self, daemon: Daemon, args: dict[str, Any]) -> str:
-        return _names(daemon, args)[0] if args.get("name") != "all" else ""
+        return _one_name(daemon, args, "describe")
 
     async def execute(self, daemon: Daemon, name: str) -> dict[str, Any]:
         app = daemon.apps[name]
@@ -160,9 +166,7 @@ class Describe(Handler):
 
 class Scale(Handler):
     def validate(self, daemon: Daemon, args: dict[str, Any]) -> tuple[str, int]:
-        name = _names(daemon, args)[0] if args.get("name") != "all" else ""
-        if not name:
-            raise PmxError("scale takes one app name, not 'all'.")
+        name = _one_name(daemon, args, "scale")
         try:
             workers = parse_workers(args.get("workers"))
         except ConfigError as exc:
@@ -208,7 +212,7 @@ class Resurrect(Handler):
                 errors.append(f"{entry.get('name')}: {exc}")
         if errors:
             raise PmxError("could not resurrect " + "; ".join(errors))
-        return await _status(daemon, started)
+        return await _status(daemon, list(daemon.apps))
 
 
 class Kill(Handler):

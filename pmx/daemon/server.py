@@ -52,9 +52,12 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         log.info("daemon %d listening on %s", os.getpid(), self.home.sock)
-        if resurrect:
-            await HANDLERS["resurrect"].execute(self, {})
         try:
+            if resurrect:
+                try:
+                    await HANDLERS["resurrect"].execute(self, {})
+                except PmxError as exc:  # at boot: log it and serve what did start
+                    log.error("resurrect: %s", exc)
             await self.stopping.wait()
         finally:
             server.close()

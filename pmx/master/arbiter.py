@@ -28,6 +28,7 @@ import asyncio
 import enum
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ from pmx.errors import AppErrored, BootError, ConfigError, PmxError
 from pmx.master.backoff import Backoff
 from pmx.master.balancer import make_policy
 from pmx.master.dispatch import Dispatcher
+from pmx.master.health import Health, HealthCheck
 from pmx.master.listener import bound_address, listen
 from pmx.master.workers import Worker, WorkerState, describe_exit
 
@@ -123,6 +125,9 @@ class Master:
             )
             for worker_id in range(1, self.config.workers + 1):
                 self.spawn(worker_id)
+            from pmx.master.supervise import supervise
+
+            supervisor = loop.create_task(supervise(self))
             while self.state is not AppState.STOPPED:
                 timeout = 0.05 if self.state is AppState.STOPPING else self.tick_interval
                 try:
@@ -131,6 +136,8 @@ class Master:
                     event = ("tick",)
                 self._handle(event)
         finally:
+            if "supervisor" in locals():
+                supervisor.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
             self.dispatch.close()
@@ -197,8 +204,15 @@ class Master:
         }
         parent.send(channel.encode_json(channel.HELLO, hello))
         parent.setblocking(False)
-        worker = Worker(id=worker_id, process=process, chan=parent, started_at=self.clock(),
-                        replacement=replacement)
+        config = self.config
+        worker = Worker(
+            id=worker_id, process=process, chan=parent, started_at=self.clock(),
+            replacement=replacement,
+            health=HealthCheck(fall=config.health_fall, rise=config.health_rise,
+                               replace_after=2 * config.health_fall),
+            request_limit=config.max_requests + random.randint(0, config.max_requests_jitter)
+            if config.max_requests else 0,
+        )
         self.live.append(worker)
         loop = asyncio.get_running_loop()
         loop.add_reader(parent.fileno(), self._on_message, worker)
@@ -216,6 +230,11 @@ class Master:
             kind = message[:1]
             if kind == channel.LOAD:
                 worker.report = channel.decode_load(message)
+            elif kind == channel.PROBE_REPLY:
+                number, healthy = channel.decode_probe_reply(message)
+                if number == worker.probe_number and worker.probe_sent_at is not None:
+                    worker.probe_sent_at = None
+                    self.record_probe(worker, healthy)
             elif kind == channel.READY:
                 self._on_ready(worker)
             elif kind == channel.ERROR:
@@ -238,6 +257,33 @@ class Master:
             "worker #%d (pid %d) ready in %.2f s",
             worker.id, worker.pid, worker.ready_at - worker.started_at,
         )
+        self.probe(worker)  # it gets traffic once this first probe passes
+
+    def probe(self, worker: Worker) -> None:
+        worker.probe_number += 1
+        worker.probe_sent_at = worker.last_probe_at = self.clock()
+        try:
+            worker.chan.send(channel.encode_probe(worker.probe_number))
+        except OSError:
+            pass  # gone: reaping will tell; until then the probe times out
+
+    def record_probe(self, worker: Worker, healthy: bool) -> None:
+        if worker.state is not WorkerState.READY:
+            return
+        before = worker.health.state
+        after = worker.health.record(healthy)
+        if after is Health.OK and worker not in self.dispatch.rotation:
+            if before is Health.FAILING:
+                log.info("worker #%d (pid %d) is healthy again: back in rotation",
+                         worker.id, worker.pid)
+            self._admit(worker)
+        elif after is Health.FAILING and before is not Health.FAILING:
+            log.warning("worker #%d (pid %d) failed %d health checks in a row: out of rotation",
+                        worker.id, worker.pid, worker.health.failures)
+            self.dispatch.remove(worker)
+            self._announce()  # a worker that never passed no longer holds up the start
+
+    def _admit(self, worker: Worker) -> None:
         self.dispatch.add(worker)
         if worker.ready_waiter is not None and not worker.ready_waiter.done():
             worker.ready_waiter.set_result(None)
@@ -251,7 +297,11 @@ class Master:
         """Tell the daemon the app is up once no initial worker is still starting."""
         if self.announced or not self.ever_ready:
             return
-        if any(w.state is WorkerState.STARTING for w in self.live):
+        if any(
+            w.state is WorkerState.STARTING
+            or w.state is WorkerState.READY and w.health.state is Health.PENDING
+            for w in self.live
+        ):
             return
         self.announced = True
         self.on_event("ready", {"bind": str(self.address)})
@@ -275,6 +325,7 @@ class Master:
             self._signal(worker, signal.SIGTERM)
             return
         worker.transition(WorkerState.DRAINING)
+        worker.drain_deadline = self.clock() + self.config.graceful_timeout
         self._send_stop(worker)
 
     def _send_stop(self, worker: Worker) -> None:
@@ -410,6 +461,7 @@ class Master:
         name, before = self.config.name, self.config.workers
         log.info("scaling %s from %d to %d worker(s)", name, before, workers)
         self.config.workers = workers
+        self.on_event("scaled", {"workers": workers})
         serving = (WorkerState.STARTING, WorkerState.READY)
         active = {w.id: w for w in self.live if w.state in serving}
         slots = set(active) | set(self.respawns)

@@ -25,9 +25,10 @@ def sample(pid: int) -> tuple[float | None, int | None]:
     """CPU percent since the previous sample of this pid, and RSS in bytes."""
     try:
         proc = _processes.get(pid)
-        if proc is None:
+        if proc is None:  # the first CPU sample only sets the baseline
             proc = _processes[pid] = psutil.Process(pid)
             proc.cpu_percent(None)
+            return None, proc.memory_info().rss
         with proc.oneshot():
             return proc.cpu_percent(None), proc.memory_info().rss
     except psutil.Error:
@@ -47,7 +48,7 @@ def worker_status(master: Master, worker: Worker, now: float) -> dict[str, Any]:
         "memory": memory,
         "connections": worker.load,
         "requests": worker.report.requests,
-        "health": "ok" if worker.state is WorkerState.READY else "unknown",
+        "health": worker.health.state.value if worker.state is WorkerState.READY else "unknown",
     }
 
 

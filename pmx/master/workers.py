@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from pmx.channel import Load
+from pmx.master.health import HealthCheck
 
 log = logging.getLogger("pmx.master")
 
@@ -49,6 +50,14 @@ class Worker:
     # before it is ready, the one it replaces keeps serving and nothing is respawned.
     replacement: bool = False
     ready_waiter: asyncio.Future[None] | None = None
+    health: HealthCheck = field(default_factory=HealthCheck)
+    probe_number: int = 0
+    probe_sent_at: float | None = None  # an unanswered probe
+    last_probe_at: float = 0.0
+    request_limit: int = 0  # replace after this many requests (0: never)
+    memory: int = 0  # last RSS sample, children included
+    memory_strikes: int = 0  # samples in a row over the limit
+    drain_deadline: float = 0.0  # SIGKILL if still draining then
 
     @property
     def pid(self) -> int:

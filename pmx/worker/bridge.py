@@ -93,6 +93,7 @@ class UvicornBridge:
             forwarded_allow_ips=config.forwarded_allow_ips,
             timeout_graceful_shutdown=int(config.graceful_timeout) or None,
         )
+        self.config = config
         self.uv_config.load()
         self.server = uvicorn.Server(self.uv_config)
         self.server.servers = []
@@ -166,6 +167,39 @@ class UvicornBridge:
         """Connections that have not yet sent their first request."""
         connections = self.server.server_state.connections
         return sum(1 for c in connections if getattr(c, "cycle", 0) is None)
+
+    async def probe(self, path: str, timeout: float) -> bool:
+        """GET ``path`` through the app (its middleware included); 2xx/3xx is healthy."""
+        statuses: list[int] = []
+        done = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if not done.is_set():
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # never: the app may wait for a disconnect
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        path_only, _, query = path.partition("?")
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": "GET", "scheme": "http",
+            "path": path_only, "raw_path": path_only.encode(), "query_string": query.encode(),
+            "root_path": "", "headers": [(b"host", b"pmx-health"), (b"user-agent", b"pmx")],
+            "client": ("127.0.0.1", 0), "server": None,
+            "state": self.server.lifespan.state.copy(),
+        }
+        app = self.uv_config.loaded_app
+        try:
+            await asyncio.wait_for(app(scope, receive, send), timeout)
+        except Exception:  # the app raised or timed out: unhealthy
+            return False
+        return bool(statuses) and 200 <= statuses[0] < 400
 
     async def drain(self, limit: float) -> None:
         """Let open connections end on their own, up to ``limit`` seconds.

@@ -41,6 +41,7 @@ class WorkerServer:
         self.stopped: asyncio.Event | None = None
         self.leaving = False
         self._report_pending = False
+        self.probes: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -78,8 +79,24 @@ class WorkerServer:
                 continue
             for fd in fds:
                 os.close(fd)
+            if kind == channel.PROBE:
+                self._answer_probe(channel.decode_probe(message))
             if kind == channel.STOP or not message:
                 self.stopped.set()  # type: ignore[union-attr]
+
+    def _answer_probe(self, number: int) -> None:
+        config = self.bridge.config
+        if not config.health_path:
+            self._send(channel.encode_probe_reply(number, True))
+            return
+
+        async def probe() -> None:
+            healthy = await self.bridge.probe(config.health_path, config.health_timeout)
+            self._send(channel.encode_probe_reply(number, healthy))
+
+        task = asyncio.get_running_loop().create_task(probe())
+        self.probes.add(task)
+        task.add_done_callback(self.probes.discard)
 
     def _on_sigterm(self) -> None:
         # Ask the master to stop routing here; it answers STOP after its last fd.
