@@ -18,6 +18,7 @@ worker -> master
     ``Q`` + u64 + u8  probe N's answer: 1 healthy, 0 not. Without a health path the
                    event loop answers at once (it is not blocked); with one, the answer
                    is a GET of that path through the app (2xx/3xx is healthy)
+    ``M`` + JSON   request metrics (pmx.worker.metrics), once a second
     ``D``          leaving: the worker was told to stop (SIGTERM); the master takes it
                    out of rotation and answers ``S`` once no fd can follow
 
@@ -42,6 +43,7 @@ READY = b"R"
 LOAD = b"L"
 ERROR = b"E"
 LEAVING = b"D"
+METRICS = b"M"
 PROBE = b"P"
 PROBE_REPLY = b"Q"
 

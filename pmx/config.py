@@ -72,6 +72,8 @@ class AppConfig:
     health_timeout: float = 1.0
     health_fall: int = 3
     health_rise: int = 2
+    admin: str = ""  # HOST:PORT of the master's admin endpoint; "": none
+    watch: list[str] = field(default_factory=list)  # reload when these change
     # Used when the daemon runs the app (pmx start): its log files.
     log_max_size: int = 10 * 1024 * 1024
     log_backups: int = 5
@@ -105,6 +107,12 @@ class AppConfig:
         self.health_timeout = parse_seconds("health_timeout", self.health_timeout)
         self.health_fall = parse_positive_int("health_fall", self.health_fall)
         self.health_rise = parse_positive_int("health_rise", self.health_rise)
+        if self.admin:
+            address = parse_bind(self.admin)
+            if address.is_unix:
+                raise ConfigError("admin", f"'{self.admin}' is not valid: expected HOST:PORT.")
+            self.admin = str(address)
+        self.watch = [check_watch_path(p, self.app_dir) for p in self.watch]
         self.log_max_size = parse_size("log_max_size", self.log_max_size)
         self.log_backups = parse_count("log_backups", self.log_backups)
         if self.app_dir:
@@ -119,6 +127,10 @@ class AppConfig:
     def bind_address(self) -> BindAddress:
         return parse_bind(self.bind)
 
+    @staticmethod
+    def bind_address_of(value: str) -> BindAddress:
+        return parse_bind(value)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -129,6 +141,13 @@ class AppConfig:
             if key not in known:
                 raise ConfigError(key, f"unknown key '{key}'.")
         return cls(**data)
+
+
+def check_watch_path(value: str, app_dir: str) -> str:
+    path = os.path.join(app_dir or os.getcwd(), os.path.expanduser(value))
+    if not os.path.exists(path):
+        raise ConfigError("watch", f"'{value}' does not exist: expected a file or directory.")
+    return os.path.abspath(path)
 
 
 def check_import_string(value: str) -> str:

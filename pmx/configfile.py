@@ -127,6 +127,8 @@ _KEYS: dict[str, _Key] = {
     "health-timeout": _Key("health_timeout", "number", "expected a number of seconds."),
     "health-fall": _Key("health_fall", "number", _WHOLE),
     "health-rise": _Key("health_rise", "number", _WHOLE),
+    "admin": _Key("admin", "str", _STRING),
+    "watch": _Key("watch", "paths", "expected true, a path or a list of paths."),
 }
 
 # AppConfig field name -> dash spelling, for keys that were not in the file.
@@ -237,6 +239,16 @@ def _load_app(path: str, base_dir: str, number: int, table: dict[str, Any]) -> A
 def _check_type(path: str, where: str, written: str, key: _Key, value: Any) -> Any:
     if key.kind == "env" and isinstance(value, dict):
         return _env(path, where, written, value)
+    if key.kind == "paths":  # watch = true | "src" | ["src", "lib"]
+        if value is True:
+            return ["."]
+        if value is False:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            base = os.path.dirname(os.path.abspath(path))
+            return [os.path.join(base, os.path.expanduser(v)) for v in value]
     if key.kind == "str":
         ok = isinstance(value, str)
     elif key.kind == "number":

@@ -84,3 +84,21 @@ def test_sighup_reloads_pmx_run(pmx_run):
              10, "the old workers to exit")
     served = {int(get(run.port, "/pid")[1]) for _ in range(4)}
     assert served == run.worker_pids()
+
+
+def test_watch_reloads_after_an_edit(pmx_run, tmp_path):
+    write_app(tmp_path, "v1")
+    run = pmx_run("versioned:app", "-i", "2", "--app-dir", str(tmp_path),
+                  f"--watch={tmp_path}")
+    run.wait_serving(2)
+    old = run.worker_pids()
+    assert get(run.port, "/")[1].startswith("v1 ")
+    (tmp_path / "notes.txt").write_text("not python: ignored")
+    (tmp_path / "__pycache__").mkdir(exist_ok=True)
+    write_app(tmp_path, "v2")
+    wait_for(lambda: get(run.port, "/")[1].startswith("v2 ") and
+             get(run.port, "/")[1].startswith("v2 "), 20, "the edit to be served")
+    wait_for(lambda: run.worker_pids().isdisjoint(old), 10, "the old workers to exit")
+    log = run.log()
+    assert "changed: versioned.py" in log
+    assert log.count("reload of versioned done") == 1

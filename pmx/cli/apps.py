@@ -69,6 +69,8 @@ def start(as_json: bool, **opts: Any) -> None:
             config.app_dir = config.app_dir or base
     else:
         opts["app_dir"] = opts["app_dir"] or os.getcwd()
+        if opts["admin"] is None:
+            opts["admin"] = "127.0.0.1:0"  # loopback, on a free port
         configs = [build_config(opts)]
     result = call("start", {"configs": [c.to_dict() for c in configs]}, start_daemon=True)
     print_status(result, as_json)

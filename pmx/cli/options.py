@@ -38,6 +38,8 @@ PARAM_HINTS = {
     "health_timeout": "'--health-timeout'",
     "health_fall": "'--health-fall'",
     "health_rise": "'--health-rise'",
+    "admin": "'--admin'",
+    "watch": "'--watch'",
     "log_max_size": "'--log-max-size'",
     "log_backups": "'--log-backups'",
 }
@@ -94,6 +96,12 @@ _OPTIONS = [
                  help="Failed probes in a row that take a worker out of rotation."),
     click.option("--health-rise", default="2", show_default=True, metavar="N",
                  help="Passed probes in a row that bring it back."),
+    click.option("--watch", multiple=True, is_flag=False, flag_value=".", metavar="[PATH]",
+                 help="Rolling reload when a Python file under PATH changes (repeatable; "
+                      "alone: the app directory)."),
+    click.option("--admin", default=None, metavar="HOST:PORT",
+                 help="Serve /health, /workers and /metrics here (pmx run: off; "
+                      "pmx start: 127.0.0.1 on a free port)."),
 ]
 
 
@@ -106,6 +114,8 @@ def app_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def build_config(opts: dict[str, Any]) -> AppConfig:
     """AppConfig from parsed options; bad values become click errors that name the
     option, quote the value and say what is expected."""
+    if opts.get("admin") is None:
+        opts["admin"] = ""
     bind = opts.pop("bind")
     host, port = opts.pop("host"), opts.pop("port")
     if host is not None or port is not None:
@@ -114,6 +124,7 @@ def build_config(opts: dict[str, Any]) -> AppConfig:
         bind = f"{host or '127.0.0.1'}:{port if port is not None else 8000}"
     try:
         env = dict(parse_env_item(item) for item in opts.pop("env"))
+        opts["watch"] = list(opts.get("watch") or [])
         config = AppConfig(
             app=opts.pop("target"),
             bind=bind or "127.0.0.1:8000",

@@ -285,6 +285,7 @@ class ManagedApp:
             "master_pid": self.master.pid if self.master and self.master.poll() is None else None,
             "restarts": self.restarts,
             "error": self.error,
+            "admin": master.get("admin", ""),
             "workers": master.get("workers", []),
             "_master": master,
         }

@@ -90,6 +90,7 @@ class Master:
         self.backoffs: dict[int, Backoff] = {}
         self.respawns: dict[int, asyncio.TimerHandle] = {}
         self.restarts: dict[int, int] = {}
+        self.restart_reasons: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
         self.boot_failures = 0
         self.ever_ready = False
@@ -100,6 +101,7 @@ class Master:
         self.stop_deadline = 0.0
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.tick_interval = 1.0 if _HAS_PIDFD else 0.2
+        self.admin_address = ""
         self.on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
 
     # ----------------------------------------------------------------- main loop
@@ -123,11 +125,21 @@ class Master:
                 self.config.name, self.config.workers, self.config.app,
                 self._url(), self.policy.name,
             )
+            if self.config.admin:
+                from pmx.master.admin import Admin
+
+                admin = Admin(self)
+                where = self.config.bind_address_of(self.config.admin)
+                self.admin_address = await admin.start(where.host, where.port)
             for worker_id in range(1, self.config.workers + 1):
                 self.spawn(worker_id)
             from pmx.master.supervise import supervise
 
             supervisor = loop.create_task(supervise(self))
+            if self.config.watch:
+                from pmx.master.watch import watch
+
+                watcher = loop.create_task(watch(self))
             while self.state is not AppState.STOPPED:
                 timeout = 0.05 if self.state is AppState.STOPPING else self.tick_interval
                 try:
@@ -138,6 +150,10 @@ class Master:
         finally:
             if "supervisor" in locals():
                 supervisor.cancel()
+            if "admin" in locals():
+                admin.close()
+            if "watcher" in locals():
+                watcher.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
             self.dispatch.close()
@@ -230,11 +246,17 @@ class Master:
             kind = message[:1]
             if kind == channel.LOAD:
                 worker.report = channel.decode_load(message)
+            elif kind == channel.METRICS:
+                worker.metrics = channel.decode_json(message)
             elif kind == channel.PROBE_REPLY:
                 number, healthy = channel.decode_probe_reply(message)
                 if number == worker.probe_number and worker.probe_sent_at is not None:
                     worker.probe_sent_at = None
                     self.record_probe(worker, healthy)
+                    for waiter in worker.probe_waiters:
+                        if not waiter.done():
+                            waiter.set_result(healthy)
+                    worker.probe_waiters.clear()
             elif kind == channel.READY:
                 self._on_ready(worker)
             elif kind == channel.ERROR:
@@ -400,6 +422,7 @@ class Master:
 
     def record(self, worker: Worker, reason: str, detail: str) -> None:
         self.restarts[worker.id] = self.restarts.get(worker.id, 0) + 1
+        self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
         self.history.append({
             "time": time.time(), "worker": worker.id, "pid": worker.pid,
             "reason": reason, "detail": detail,

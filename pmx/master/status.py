@@ -60,6 +60,7 @@ def snapshot(master: Master) -> dict[str, Any]:
     return {
         "state": master.state.value,
         "bind": str(master.address),
+        "admin": master.admin_address,
         "balance": master.policy.name,
         "workers_wanted": master.config.workers,
         "master_pid": os.getpid(),

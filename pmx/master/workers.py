@@ -8,6 +8,7 @@ import logging
 import socket
 import subprocess
 from dataclasses import dataclass, field
+from typing import Any
 
 from pmx.channel import Load
 from pmx.master.health import HealthCheck
@@ -58,6 +59,8 @@ class Worker:
     memory: int = 0  # last RSS sample, children included
     memory_strikes: int = 0  # samples in a row over the limit
     drain_deadline: float = 0.0  # SIGKILL if still draining then
+    metrics: dict[str, Any] = field(default_factory=dict)  # last METRICS report
+    probe_waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
     @property
     def pid(self) -> int:

@@ -33,6 +33,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from pmx.channel import Load
 from pmx.config import AppConfig
+from pmx.worker.metrics import PROBE_EXTENSION
 
 
 class _NotifyingSet(set):  # type: ignore[type-arg]
@@ -193,6 +194,7 @@ class UvicornBridge:
             "root_path": "", "headers": [(b"host", b"pmx-health"), (b"user-agent", b"pmx")],
             "client": ("127.0.0.1", 0), "server": None,
             "state": self.server.lifespan.state.copy(),
+            "extensions": {PROBE_EXTENSION: {}},
         }
         app = self.uv_config.loaded_app
         try:

@@ -28,6 +28,7 @@ from pmx import channel
 from pmx.config import AppConfig
 from pmx.worker.app import AppLoadError, load
 from pmx.worker.bridge import UvicornBridge
+from pmx.worker.metrics import RequestMetrics, instrument
 
 BOOT_ERROR = 3  # exit code for "the app cannot start"; the master will not retry in a loop
 
@@ -42,6 +43,7 @@ class WorkerServer:
         self.leaving = False
         self._report_pending = False
         self.probes: set[asyncio.Task[None]] = set()
+        self.metrics: RequestMetrics | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -119,6 +121,8 @@ class WorkerServer:
                     self._on_channel()  # take what is queued, then stop
                     self.stopped.set()  # type: ignore[union-attr]
                 self.report()
+                if self.metrics is not None:
+                    self._send(channel.encode_json(channel.METRICS, self.metrics.to_dict()))
 
     def report(self) -> None:
         """Send the load counters once per loop iteration at most."""
@@ -214,7 +218,11 @@ def main() -> None:
         if report_changes and server is not None:
             server.report()
 
+    metrics = RequestMetrics() if config.admin else None
+    if metrics is not None:
+        app = instrument(app, metrics)
     bridge = UvicornBridge(config, app, worker_id, on_change, tag_logs=not hello.get("log_prefix"))
     server = WorkerServer(chan, bridge, report_changes)
+    server.metrics = metrics
     chan.setblocking(False)
     sys.exit(bridge.run(server.run()))
