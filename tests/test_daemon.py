@@ -147,6 +147,8 @@ def test_scale_under_load_loses_nothing(pmx):
             load.wait_served(30)
     assert load.failures == []
     assert sorted(w["id"] for w in pmx.app("web")["workers"]) == [1, 2, 3, 4, 5, 6]
+    history = json.loads(pmx.ok("describe", "web", "--json"))["history"]
+    assert sorted(h["worker"] for h in history if h["reason"] == "scale") == [3, 4]
 
 
 def test_start_failing_app_is_errored(pmx):

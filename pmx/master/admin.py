@@ -179,7 +179,9 @@ class _Collector:
             healthy.add_metric([*labels, w.state.value], 1 if in_rotation else 0)
         restarts = CounterMetricFamily("pmx_worker_restarts", "Worker replacements by reason.",
                                        labels=["app", "reason"])
-        for reason in ("crash", "boot", "signal", "reload", "memory", "max-requests", "health"):
+        reasons = ("crash", "boot", "signal", "reload", "memory", "max-requests", "health",
+                   "scale")
+        for reason in reasons:
             restarts.add_metric([app, reason], master.restart_reasons.get(reason, 0))
         yield from (requests, duration, connections, inflight, rss, cpu, healthy, restarts)
 

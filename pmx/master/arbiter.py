@@ -121,9 +121,9 @@ class Master:
             loop.add_signal_handler(sig, self.events.put_nowait, ("signal", sig))
         try:
             log.info(
-                "starting %s: %d worker(s) of %s on %s (%s)",
+                "starting %s: %d worker(s) of %s on %s (%s; master pid %d)",
                 self.config.name, self.config.workers, self.config.app,
-                self._url(), self.policy.name,
+                self._url(), self.policy.name, os.getpid(),
             )
             if self.config.admin:
                 from pmx.master.admin import Admin
@@ -492,6 +492,7 @@ class Master:
             if worker_id in self.respawns:
                 self.respawns.pop(worker_id).cancel()
             if worker_id in active:
+                self.record(active[worker_id], "scale", f"scaled to {workers}")
                 self.drain(active[worker_id])
         free = (i for i in range(1, 10**6) if i not in slots)
         for _ in range(workers - len(slots)):
