@@ -18,7 +18,7 @@ from typing import Any
 
 from pmx.errors import ConfigError
 
-BALANCE_POLICIES = ("round-robin", "least-conn")
+BALANCE_POLICIES = ("round-robin", "least-conn", "least-busy")
 INTERFACES = ("auto", "asgi", "wsgi")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 

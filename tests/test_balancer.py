@@ -10,6 +10,7 @@ from pmx.master.balancer import POLICIES, LeastConnections, RoundRobin, make_pol
 class Worker:
     id: int
     load: int = 0
+    busy: int = 0
 
 
 def workers(*loads):
@@ -228,3 +229,34 @@ def test_least_conn_never_worse_than_minimum(loads):
     for _ in range(len(loads) * 3):
         candidates = workers(*loads)
         assert policy.pick(candidates).load == min(loads)
+
+
+# least-busy: the same selection rule keyed on requests in flight + unread fds.
+
+
+def busy_workers(*busy):
+    return [Worker(id=i, load=100, busy=b) for i, b in enumerate(busy)]
+
+
+def test_least_busy_avoids_a_blocked_worker_whatever_its_connections():
+    policy = make_policy("least-busy")
+    # Worker 0 holds many idle keep-alive connections but is free; worker 1 is stuck.
+    candidates = [Worker(id=0, load=50, busy=0), Worker(id=1, load=1, busy=3)]
+    assert [policy.pick(candidates).id for _ in range(5)] == [0] * 5
+
+
+def test_least_busy_spreads_an_idle_pool_evenly_as_the_master_counts():
+    policy = make_policy("least-busy")
+    candidates = busy_workers(0, 0, 0, 0)
+    picked = []
+    for _ in range(100):
+        worker = policy.pick(candidates)
+        worker.busy += 1  # the master counts a handed-off fd until the worker reads it
+        picked.append(worker.id)
+    assert Counter(picked) == {0: 25, 1: 25, 2: 25, 3: 25}
+
+
+def test_least_busy_ties_go_round_robin():
+    policy = make_policy("least-busy")
+    candidates = busy_workers(1, 1, 1)
+    assert [policy.pick(candidates).id for _ in range(6)] == [0, 1, 2, 0, 1, 2]

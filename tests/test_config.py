@@ -249,7 +249,7 @@ def test_check_choice_accepts_every_choice(key, choices):
             "balance",
             "random",
             BALANCE_POLICIES,
-            "'random' is not one of 'round-robin', 'least-conn'.",
+            "'random' is not one of 'round-robin', 'least-conn', 'least-busy'.",
         ),
         (
             "interface",
@@ -459,7 +459,7 @@ def test_validate_rejects_file_as_app_dir(tmp_path):
         (
             {"app": "main:app", "balance": "random"},
             "balance",
-            "'random' is not one of 'round-robin', 'least-conn'.",
+            "'random' is not one of 'round-robin', 'least-conn', 'least-busy'.",
         ),
         (
             {"app": "main:app", "interface": "cgi"},

@@ -326,7 +326,7 @@ ERRORS = [
     (
         f'[[app]]\n{A}\nbalance = "random"\n',
         "config file '{path}': app #1: key 'balance': "
-        "'random' is not one of 'round-robin', 'least-conn'.",
+        "'random' is not one of 'round-robin', 'least-conn', 'least-busy'.",
     ),
     (
         f'[[app]]\n{A}\ninterface = "cgi"\n',

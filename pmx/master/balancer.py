@@ -21,6 +21,9 @@ class Candidate(Protocol):
     @property
     def load(self) -> int: ...
 
+    @property
+    def busy(self) -> int: ...
+
 
 C = TypeVar("C", bound=Candidate)
 
@@ -47,11 +50,12 @@ class RoundRobin:
         return candidates[index]
 
 
-class LeastConnections:
-    """The candidate with the fewest open connections; ties go round robin, so an
-    idle pool is still spread evenly."""
+class _Least:
+    """The candidate with the lowest ``key``; ties go round robin, so an idle pool is
+    still spread evenly."""
 
-    name = "least-conn"
+    name = ""
+    key = ""
 
     def __init__(self) -> None:
         self.cursor = 0
@@ -60,23 +64,46 @@ class LeastConnections:
         count = len(candidates)
         if not count:
             return None
+        key = self.key
         start = self.cursor % count
         best_index = start
-        best_load = candidates[start].load
+        best = getattr(candidates[start], key)
         for step in range(1, count):
             index = (start + step) % count
-            load = candidates[index].load
-            if load < best_load:
-                best_index, best_load = index, load
+            value = getattr(candidates[index], key)
+            if value < best:
+                best_index, best = index, value
         self.cursor = best_index + 1
         return candidates[best_index]
 
 
-POLICIES: dict[str, type[RoundRobin] | type[LeastConnections]] = {
+class LeastConnections(_Least):
+    """Fewest open connections (handed over and not yet closed)."""
+
+    name = "least-conn"
+    key = "load"
+
+
+class LeastBusy(_Least):
+    """Fewest requests in flight plus connections still unread in the worker's channel.
+
+    A worker whose event loop is blocked reads nothing from its channel, so every
+    connection handed to it counts against it at once; and a worker reports the moment
+    it starts or finishes its only request, before the handler runs. Idle keep-alive
+    connections cost nothing, unlike with least-conn.
+    """
+
+    name = "least-busy"
+    key = "busy"
+
+
+Policy_ = RoundRobin | LeastConnections | LeastBusy
+POLICIES: dict[str, type[Policy_]] = {
     RoundRobin.name: RoundRobin,
     LeastConnections.name: LeastConnections,
+    LeastBusy.name: LeastBusy,
 }
 
 
-def make_policy(name: str) -> RoundRobin | LeastConnections:
+def make_policy(name: str) -> Policy_:
     return POLICIES[name]()

@@ -73,6 +73,11 @@ class Worker:
         return self.sent - self.report.received + self.report.connections
 
     @property
+    def busy(self) -> int:
+        """Requests in flight plus connections not yet read from the channel."""
+        return self.sent - self.report.received + self.report.inflight
+
+    @property
     def alive(self) -> bool:
         return self.exit_code is None
 

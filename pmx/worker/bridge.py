@@ -81,6 +81,7 @@ class UvicornBridge:
         worker_id: int,
         on_change: Callable[[], None] = lambda: None,
         tag_logs: bool = True,
+        on_tasks_change: Callable[[], None] | None = None,
     ) -> None:
         self.uv_config = uvicorn.Config(
             app,
@@ -100,7 +101,7 @@ class UvicornBridge:
         self.server.servers = []
         state = self.server.server_state
         state.connections = _NotifyingSet(on_change)
-        state.tasks = _NotifyingSet(on_change)
+        state.tasks = _NotifyingSet(on_tasks_change or on_change)
         self.received = 0
         self._adopting: set[asyncio.Task[Any]] = set()
 

@@ -21,6 +21,8 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 from setproctitle import setproctitle
 
@@ -44,6 +46,7 @@ class WorkerServer:
         self._report_pending = False
         self.probes: set[asyncio.Task[None]] = set()
         self.metrics: RequestMetrics | None = None
+        self.finishing = 0  # requests whose final body is being sent
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -133,7 +136,14 @@ class WorkerServer:
 
     def _flush_report(self) -> None:
         self._report_pending = False
-        self._send(channel.encode_load(self.bridge.load()))
+        self.flush_report()
+
+    def flush_report(self) -> None:
+        load = self.bridge.load()
+        if self.finishing:  # responses being sent count as done
+            load = channel.Load(load.received, load.connections,
+                                max(0, load.inflight - self.finishing), load.requests)
+        self._send(channel.encode_load(load))
 
     def _send(self, message: bytes) -> bool:
         try:
@@ -169,6 +179,40 @@ class PrefixedStream(io.TextIOBase):
 
     def writable(self) -> bool:
         return True
+
+
+def report_completion(app: Any, get_server: Callable[[], WorkerServer | None]) -> Any:
+    """Tell the master a request is done *before* its last bytes go out.
+
+    Otherwise the client can read the response and open its next connection before the
+    master hears that this worker is free again, and the master decides on stale news.
+    """
+
+    async def reporting(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        finished = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal finished
+            if (message["type"] == "http.response.body" and not message.get("more_body")
+                    and not finished):
+                finished = True
+                server = get_server()
+                if server is not None:
+                    server.finishing += 1
+                    server.flush_report()
+            await send(message)
+
+        try:
+            await app(scope, receive, watch)
+        finally:
+            server = get_server()
+            if finished and server is not None:
+                server.finishing -= 1
+
+    return reporting
 
 
 def format_exception(exc: BaseException) -> str:
@@ -218,10 +262,22 @@ def main() -> None:
         if report_changes and server is not None:
             server.report()
 
+    def on_tasks_change() -> None:
+        # Becoming busy or idle is reported now, before the request's handler runs
+        # (it may block the loop); other changes are coalesced per loop iteration.
+        if report_changes and server is not None:
+            if len(bridge.server.server_state.tasks) <= 1:
+                server.flush_report()
+            else:
+                server.report()
+
     metrics = RequestMetrics() if config.admin else None
     if metrics is not None:
         app = instrument(app, metrics)
-    bridge = UvicornBridge(config, app, worker_id, on_change, tag_logs=not hello.get("log_prefix"))
+    if report_changes:
+        app = report_completion(app, lambda: server)
+    bridge = UvicornBridge(config, app, worker_id, on_change, tag_logs=not hello.get("log_prefix"),
+                           on_tasks_change=on_tasks_change)
     server = WorkerServer(chan, bridge, report_changes)
     server.metrics = metrics
     chan.setblocking(False)
