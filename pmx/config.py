@@ -108,9 +108,14 @@ class AppConfig:
         self.health_fall = parse_positive_int("health_fall", self.health_fall)
         self.health_rise = parse_positive_int("health_rise", self.health_rise)
         if self.admin:
-            address = parse_bind(self.admin)
+            try:
+                address = parse_bind(self.admin)
+            except ConfigError:
+                address = BindAddress(path="-")
             if address.is_unix:
-                raise ConfigError("admin", f"'{self.admin}' is not valid: expected HOST:PORT.")
+                raise ConfigError(
+                    "admin", f"'{self.admin}' is not a valid admin address: expected HOST:PORT."
+                ) from None
             self.admin = str(address)
         self.watch = [check_watch_path(p, self.app_dir) for p in self.watch]
         self.log_max_size = parse_size("log_max_size", self.log_max_size)

@@ -240,14 +240,14 @@ def _check_type(path: str, where: str, written: str, key: _Key, value: Any) -> A
     if key.kind == "env" and isinstance(value, dict):
         return _env(path, where, written, value)
     if key.kind == "paths":  # watch = true | "src" | ["src", "lib"]
+        base = os.path.dirname(os.path.abspath(path))
         if value is True:
-            return ["."]
+            return [base]
         if value is False:
             return []
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            base = os.path.dirname(os.path.abspath(path))
             return [os.path.join(base, os.path.expanduser(v)) for v in value]
     if key.kind == "str":
         ok = isinstance(value, str)

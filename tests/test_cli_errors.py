@@ -80,3 +80,26 @@ def test_port_in_use():
         returncode, err = pmx_run_to_exit(APP, "--bind", f"127.0.0.1:{port}")
     assert returncode == 1
     assert err.strip() == f"Error: cannot listen on 127.0.0.1:{port}: address already in use."
+
+
+def test_bad_admin_address():
+    returncode, err = pmx_run_to_exit(APP, "--bind", f"127.0.0.1:{free_port()}",
+                                      "--admin", "localhost")
+    assert returncode == 2
+    assert err.strip().splitlines()[-1] == (
+        "Error: Invalid value for '--admin': 'localhost' is not a valid admin address: "
+        "expected HOST:PORT."
+    )
+
+
+def test_admin_port_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        returncode, err = pmx_run_to_exit(APP, "--bind", f"127.0.0.1:{free_port()}",
+                                          "--admin", f"127.0.0.1:{port}")
+    assert returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        f"Error: cannot listen on admin address 127.0.0.1:{port}: address already in use."
+    )

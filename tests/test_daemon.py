@@ -289,3 +289,12 @@ def test_startup_prints_a_systemd_unit(pmx):
     assert f"Environment=PMX_HOME={pmx.home}" in unit
     assert "-m pmx.daemon --resurrect" in unit
     assert "WantedBy=" in unit
+
+
+def test_daemon_survives_sighup(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "--name", "web", "--bind", f"127.0.0.1:{port}")
+    pid = pmx.daemon_pid()
+    os.kill(pid, signal.SIGHUP)
+    assert pmx.app("web")["state"] == "running"
+    assert pmx.daemon_pid() == pid and get(port, "/pid")[0] == 200

@@ -88,3 +88,16 @@ def test_health_path_keeps_a_sick_worker_out_until_it_recovers(pmx, tmp_path):
     wait_for(lambda: len({int(get(port, "/pid")[1]) for _ in range(6)}) == 2, 10,
              "worker 2 back in rotation")
     assert {w["health"] for w in pmx.app("web")["workers"]} == {"ok"}
+
+
+def test_replacements_that_never_pass_a_probe_do_not_pile_up(pmx, tmp_path):
+    port = free_port()
+    pmx.ok("start", LEAKY, "-i", "1", "--name", "web", "--bind", f"127.0.0.1:{port}",
+           "--health-path", "/health", "--env", f"SICK_DIR={tmp_path}", "--ready-timeout", "1",
+           *FAST_HEALTH)
+    (tmp_path / "1").touch()  # from now on worker 1 (and any replacement) is sick
+    log = pmx.home / "logs" / "web.err.log"
+    wait_for(lambda: log.read_text().count("could not replace a worker (next try in") >= 2,
+             30, "two failed replacements")
+    workers = [w for w in pmx.processes() if "worker" in " ".join(w.cmdline())]
+    assert len(workers) <= 2  # the sick one and at most one candidate

@@ -102,3 +102,44 @@ def test_watch_reloads_after_an_edit(pmx_run, tmp_path):
     log = run.log()
     assert "changed: versioned.py" in log
     assert log.count("reload of versioned done") == 1
+
+
+def test_reload_with_a_paced_keep_alive_client(pmx, tmp_path):
+    """A client reusing one connection with pauses between requests: the old worker
+    closes it right after a response (Connection: close), never while the client may be
+    sending, so no request fails."""
+    import http.client
+    import threading
+
+    write_app(tmp_path, "v1")
+    port = free_port()
+    pmx.ok("start", "versioned:app", "-i", "2", "--name", "web", "--bind",
+           f"127.0.0.1:{port}", "--app-dir", str(tmp_path))
+    failures: list[Exception] = []
+    closes = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while not stop.is_set():
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                response.read()
+                if response.getheader("connection") == "close":
+                    closes[0] += 1
+            except Exception as exc:  # noqa: BLE001
+                failures.append(exc)
+                conn.close()
+            stop.wait(0.15)  # the client's own pace, not a wait for pmx
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    pmx.ok("reload", "web")
+    pmx.ok("reload", "web")
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert failures == []
+    assert closes[0] >= 1  # connections to draining workers were closed after a response

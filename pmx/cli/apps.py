@@ -22,13 +22,14 @@ from pmx.errors import BootError, PmxError
 NAME = click.argument("name", metavar="NAME|all")
 
 
-def call(verb: str, args: dict[str, Any] | None = None, start_daemon: bool = False) -> Any:
+def call(verb: str, args: dict[str, Any] | None = None, start_daemon: bool = False,
+         timeout: float = 120.0) -> Any:
     """One request to the daemon; errors become click errors (exit 1)."""
     home = Home.from_env()
     try:
         if start_daemon:
             client.ensure_daemon(home)
-        return client.request(home, verb, args)
+        return client.request(home, verb, args, timeout=timeout)
     except client.DaemonNotRunning:
         raise click.ClickException(
             f"no pmx daemon is running for {home.root}; start an app with 'pmx start'."
@@ -67,6 +68,7 @@ def start(as_json: bool, **opts: Any) -> None:
         base = str(Path(target).resolve().parent)
         for config in configs:
             config.app_dir = config.app_dir or base
+            config.admin = config.admin or "127.0.0.1:0"
     else:
         opts["app_dir"] = opts["app_dir"] or os.getcwd()
         if opts["admin"] is None:
@@ -98,7 +100,7 @@ def reload(name: str, parallel: int) -> None:
     """Zero-downtime rolling reload: each worker is replaced by a fresh one running the
     code on disk, which must be ready before the old one drains. If a new worker fails,
     the reload stops, the old workers keep serving, and this exits 1 with its error."""
-    result = call("reload", {"name": name, "parallel": parallel})
+    result = call("reload", {"name": name, "parallel": parallel}, timeout=24 * 3600)
     for app, pids in result["reloaded"].items():
         click.echo(f"reloaded {app}: new pids {' '.join(str(p) for p in pids)}")
 

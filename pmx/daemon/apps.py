@@ -253,15 +253,16 @@ class ManagedApp:
         if self.control is None or self.state is AppState.STOPPING:
             raise PmxError(f"app '{self.config.name}' is {self.state.value}.")
         self.next_id += 1
+        request_id = self.next_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = future
-        self.control.send(json.dumps({"id": self.next_id, "op": op, **args}).encode())
+        self.pending[request_id] = future
+        self.control.send(json.dumps({"id": request_id, "op": op, **args}).encode())
         try:
             reply = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise PmxError(f"the master of '{self.config.name}' did not answer.") from None
         finally:
-            self.pending.pop(self.next_id, None)
+            self.pending.pop(request_id, None)
         if not reply.get("ok"):
             if reply.get("detail") is not None:
                 raise BootError(str(reply.get("error")), reply.get("detail") or "")

@@ -51,6 +51,7 @@ class Daemon:
         self.home.pid.write_text(f"{os.getpid()}\n")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # survive a closed terminal
         log.info("daemon %d listening on %s", os.getpid(), self.home.sock)
         try:
             if resurrect:

@@ -13,6 +13,7 @@ parser reads only the request line and skips the headers.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
@@ -27,6 +28,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from pmx.errors import BindError
 from pmx.master.arbiter import Master
 from pmx.master.status import sample, snapshot
 from pmx.master.workers import WorkerState
@@ -47,7 +49,11 @@ class Admin:
         self.address = ""
 
     async def start(self, host: str, port: int) -> str:
-        self.server = await asyncio.start_server(self._serve, host, port)
+        try:
+            self.server = await asyncio.start_server(self._serve, host, port)
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise BindError(f"cannot listen on admin address {host}:{port}: {reason}.") from None
         sockname = self.server.sockets[0].getsockname()
         self.address = f"{host}:{sockname[1]}" if ":" not in host else f"[{host}]:{sockname[1]}"
         log.info("admin endpoint on http://%s", self.address)

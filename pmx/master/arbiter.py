@@ -66,8 +66,8 @@ class AppState(enum.Enum):
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s", task.exception())
+    if not task.cancelled():
+        task.exception()  # retrieved here; reload() has logged the failure
 
 
 class Master:

@@ -69,7 +69,8 @@ async def replace(master: Master, old: Worker, reason: str) -> Worker:
 
 
 def _abandon(master: Master, new: Worker) -> None:
-    if new.process.poll() is None and new.state is WorkerState.STARTING:
+    """Kill a new worker that did not become ready, or never passed a health probe."""
+    if new.process.poll() is None and new.state in (WorkerState.STARTING, WorkerState.READY):
         new.transition(WorkerState.DRAINING, "not ready in time")
         master.dispatch.remove(new)
         new.process.kill()

@@ -21,7 +21,8 @@ import logging
 import psutil
 
 from pmx.master.arbiter import AppState, Master
-from pmx.master.reload import ReloadError, replace
+from pmx.master.backoff import Backoff
+from pmx.master.reload import replace
 from pmx.master.workers import Worker, WorkerState
 
 log = logging.getLogger("pmx.master")
@@ -60,6 +61,19 @@ async def supervise(master: Master) -> None:
     config = master.config
     next_memory = 0.0
     replacing: set[asyncio.Task[Worker]] = set()
+    retry = Backoff(initial=1.0, cap=60.0, reset_after=0.0)  # after a failed replacement
+    retry_at = 0.0
+
+    def done(task: asyncio.Task[Worker]) -> None:
+        nonlocal retry_at
+        replacing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            delay = retry.on_exit(0.0)
+            retry_at = master.clock() + delay
+            log.error("could not replace a worker (next try in %.0f s): %s",
+                      delay, task.exception())
+        else:
+            retry.failures = 0
     while True:
         await asyncio.sleep(TICK)
         if master.state not in (AppState.STARTING, AppState.RUNNING, AppState.ERRORED):
@@ -92,7 +106,7 @@ async def supervise(master: Master) -> None:
                 over = worker.memory > config.max_memory
                 worker.memory_strikes = worker.memory_strikes + 1 if over else 0
         busy = replacing or master.replacing or master.reloading
-        if busy or master.state is not AppState.RUNNING:
+        if busy or master.state is not AppState.RUNNING or now < retry_at:
             continue
         for worker in sorted(master.live, key=lambda w: w.id):
             reason = due(master, worker) if worker.state is WorkerState.READY else ""
@@ -101,8 +115,7 @@ async def supervise(master: Master) -> None:
                          _why(worker, reason))
                 task = asyncio.get_running_loop().create_task(replace(master, worker, reason))
                 replacing.add(task)
-                task.add_done_callback(replacing.discard)
-                task.add_done_callback(_log)
+                task.add_done_callback(done)
                 break
 
 
@@ -112,13 +125,3 @@ def _why(worker: Worker, reason: str) -> str:
     if reason == "max-requests":
         return f"served {worker.report.requests} requests"
     return f"failed {worker.health.failures} health checks in a row"
-
-
-def _log(task: asyncio.Task[Worker]) -> None:
-    if task.cancelled():
-        return
-    error = task.exception()
-    if isinstance(error, ReloadError):
-        log.error("could not replace a worker: %s", error)
-    elif error is not None:
-        log.error("replacing a worker failed: %r", error)

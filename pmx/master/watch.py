@@ -1,9 +1,9 @@
 """``--watch``: a rolling reload when a watched Python file changes.
 
 watchfiles batches changes (its debounce) so that saving several files, or an editor's
-write-then-rename, gives one reload. Its Python filter ignores ``__pycache__``, ``.git``,
-``.venv``, ``site-packages`` and non-Python files. A change during a reload is picked
-up by one more reload once that one ends.
+write-then-rename, gives one reload. Its Python filter looks only at Python files and
+ignores directories such as ``__pycache__``, ``.git`` and ``.venv``. A change during a
+reload is picked up by one more reload once that one ends.
 """
 
 from __future__ import annotations

@@ -208,10 +208,12 @@ class UvicornBridge:
         """Let open connections end on their own, up to ``limit`` seconds.
 
         Closing an idle keep-alive connection races with a client that is sending its
-        next request on it. So instead, every request that arrives is answered with
-        ``Connection: close``, and connections that stay idle are closed by uvicorn's
-        keep-alive timeout, as in normal operation. New connections that have not sent
-        their first request yet are treated the same way.
+        next request on it. So instead, every response while draining carries
+        ``Connection: close`` (pmx.worker.hooks), and connections that stay idle are
+        closed by uvicorn's keep-alive timeout, as in normal operation. New connections
+        that have not sent their first request yet are treated the same way. As a
+        backstop for responses that had started before the drain, their cycle is told
+        not to keep the connection alive.
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + limit

@@ -21,8 +21,6 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
 
 from setproctitle import setproctitle
 
@@ -30,6 +28,7 @@ from pmx import channel
 from pmx.config import AppConfig
 from pmx.worker.app import AppLoadError, load
 from pmx.worker.bridge import UvicornBridge
+from pmx.worker.hooks import RequestHooks
 from pmx.worker.metrics import RequestMetrics, instrument
 
 BOOT_ERROR = 3  # exit code for "the app cannot start"; the master will not retry in a loop
@@ -46,7 +45,7 @@ class WorkerServer:
         self._report_pending = False
         self.probes: set[asyncio.Task[None]] = set()
         self.metrics: RequestMetrics | None = None
-        self.finishing = 0  # requests whose final body is being sent
+        self.hooks = RequestHooks()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -60,6 +59,7 @@ class WorkerServer:
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         ticker = loop.create_task(self._tick())
         await self.stopped.wait()
+        self.hooks.draining = True
         loop.remove_reader(self.chan.fileno())
         await self.bridge.wait_adopted()
         await self.bridge.drain(self.bridge.uv_config.timeout_keep_alive + 0.5)
@@ -140,9 +140,9 @@ class WorkerServer:
 
     def flush_report(self) -> None:
         load = self.bridge.load()
-        if self.finishing:  # responses being sent count as done
+        if self.hooks.finishing:  # responses being sent count as done
             load = channel.Load(load.received, load.connections,
-                                max(0, load.inflight - self.finishing), load.requests)
+                                max(0, load.inflight - self.hooks.finishing), load.requests)
         self._send(channel.encode_load(load))
 
     def _send(self, message: bytes) -> bool:
@@ -179,40 +179,6 @@ class PrefixedStream(io.TextIOBase):
 
     def writable(self) -> bool:
         return True
-
-
-def report_completion(app: Any, get_server: Callable[[], WorkerServer | None]) -> Any:
-    """Tell the master a request is done *before* its last bytes go out.
-
-    Otherwise the client can read the response and open its next connection before the
-    master hears that this worker is free again, and the master decides on stale news.
-    """
-
-    async def reporting(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        finished = False
-
-        async def watch(message: dict[str, Any]) -> None:
-            nonlocal finished
-            if (message["type"] == "http.response.body" and not message.get("more_body")
-                    and not finished):
-                finished = True
-                server = get_server()
-                if server is not None:
-                    server.finishing += 1
-                    server.flush_report()
-            await send(message)
-
-        try:
-            await app(scope, receive, watch)
-        finally:
-            server = get_server()
-            if finished and server is not None:
-                server.finishing -= 1
-
-    return reporting
 
 
 def format_exception(exc: BaseException) -> str:
@@ -262,6 +228,10 @@ def main() -> None:
         if report_changes and server is not None:
             server.report()
 
+    def flush() -> None:
+        if server is not None:
+            server.flush_report()
+
     def on_tasks_change() -> None:
         # Becoming busy or idle is reported now, before the request's handler runs
         # (it may block the loop); other changes are coalesced per loop iteration.
@@ -274,11 +244,12 @@ def main() -> None:
     metrics = RequestMetrics() if config.admin else None
     if metrics is not None:
         app = instrument(app, metrics)
-    if report_changes:
-        app = report_completion(app, lambda: server)
+    hooks = RequestHooks(on_finish=flush if report_changes else None)
+    app = hooks.wrap(app)
     bridge = UvicornBridge(config, app, worker_id, on_change, tag_logs=not hello.get("log_prefix"),
                            on_tasks_change=on_tasks_change)
     server = WorkerServer(chan, bridge, report_changes)
     server.metrics = metrics
+    server.hooks = hooks
     chan.setblocking(False)
     sys.exit(bridge.run(server.run()))
