@@ -28,7 +28,6 @@ import asyncio
 import enum
 import logging
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -41,13 +40,13 @@ from setproctitle import setproctitle
 
 from pmx import channel
 from pmx.config import AppConfig
-from pmx.errors import AppErrored, BootError, ConfigError, PmxError
+from pmx.errors import AppErrored, BootError, PmxError
 from pmx.master.backoff import Backoff
 from pmx.master.balancer import make_policy
 from pmx.master.dispatch import Dispatcher
-from pmx.master.health import Health, HealthCheck
+from pmx.master.health import Health
 from pmx.master.listener import bound_address, listen
-from pmx.master.workers import Worker, WorkerState, describe_exit
+from pmx.master.workers import Worker, WorkerState, describe_exit, launch
 
 log = logging.getLogger("pmx.master")
 
@@ -198,38 +197,12 @@ class Master:
     # ------------------------------------------------------------------ workers
 
     def spawn(self, worker_id: int, replacement: bool = False) -> Worker:
-        parent, child = channel.socketpair()
-        env = dict(os.environ)
-        env.update(self.config.env)
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PMX_WORKER_ID"] = str(worker_id)
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "pmx.worker", str(child.fileno())],
-                pass_fds=[child.fileno()],
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        finally:
-            child.close()
-        hello = {
-            "worker_id": worker_id,
-            "config": self.config.to_dict(),
-            "report_changes": self.policy.name != "round-robin",
-            "log_prefix": self.log_prefix,
-        }
-        parent.send(channel.encode_json(channel.HELLO, hello))
-        parent.setblocking(False)
-        config = self.config
-        worker = Worker(
-            id=worker_id, process=process, chan=parent, started_at=self.clock(),
-            replacement=replacement,
-            health=HealthCheck(fall=config.health_fall, rise=config.health_rise,
-                               replace_after=2 * config.health_fall),
-            request_limit=config.max_requests + random.randint(0, config.max_requests_jitter)
-            if config.max_requests else 0,
+        worker = launch(
+            self.config, worker_id, self.clock(), replacement=replacement,
+            report_changes=self.policy.name != "round-robin", log_prefix=self.log_prefix,
         )
         self.live.append(worker)
+        parent, process = worker.chan, worker.process
         loop = asyncio.get_running_loop()
         loop.add_reader(parent.fileno(), self._on_message, worker)
         if _HAS_PIDFD:
@@ -474,29 +447,10 @@ class Master:
     # ------------------------------------------------------------------ scaling
 
     def scale(self, workers: int) -> None:
-        """Grow or shrink to ``workers``; removed workers are drained, not killed."""
-        if workers < 1:
-            raise ConfigError("workers", f"'{workers}' is not a valid worker count: expected >= 1.")
-        if self.state not in (AppState.STARTING, AppState.RUNNING):
-            raise PmxError(f"cannot scale {self.config.name} while it is {self.state.value}.")
-        if self.replacing:
-            raise PmxError(f"cannot scale {self.config.name} while workers are being replaced.")
-        name, before = self.config.name, self.config.workers
-        log.info("scaling %s from %d to %d worker(s)", name, before, workers)
-        self.config.workers = workers
-        self.on_event("scaled", {"workers": workers})
-        serving = (WorkerState.STARTING, WorkerState.READY)
-        active = {w.id: w for w in self.live if w.state in serving}
-        slots = set(active) | set(self.respawns)
-        for worker_id in sorted(slots, reverse=True)[: max(0, len(slots) - workers)]:
-            if worker_id in self.respawns:
-                self.respawns.pop(worker_id).cancel()
-            if worker_id in active:
-                self.record(active[worker_id], "scale", f"scaled to {workers}")
-                self.drain(active[worker_id])
-        free = (i for i in range(1, 10**6) if i not in slots)
-        for _ in range(workers - len(slots)):
-            self.spawn(next(free))
+        """Grow or shrink to ``workers`` (pmx.master.scaling)."""
+        from pmx.master.scaling import scale
+
+        scale(self, workers)
 
     # ------------------------------------------------------------------ stopping
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import random
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from pmx import channel
 from pmx.channel import Load
+from pmx.config import AppConfig
 from pmx.master.health import HealthCheck
 
 log = logging.getLogger("pmx.master")
@@ -91,6 +96,42 @@ class Worker:
             self.id, self.pid, self.state.value, new.value, f" ({why})" if why else "",
         )
         self.state = new
+
+
+def launch(
+    config: AppConfig, worker_id: int, now: float, *, replacement: bool = False,
+    report_changes: bool = False, log_prefix: bool = False,
+) -> Worker:
+    """Start ``python -m pmx.worker FD`` with its end of a new channel, send its hello."""
+    parent, child = channel.socketpair()
+    env = dict(os.environ)
+    env.update(config.env)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PMX_WORKER_ID"] = str(worker_id)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pmx.worker", str(child.fileno())],
+            pass_fds=[child.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    finally:
+        child.close()
+    hello = {
+        "worker_id": worker_id,
+        "config": config.to_dict(),
+        "report_changes": report_changes,
+        "log_prefix": log_prefix,
+    }
+    parent.send(channel.encode_json(channel.HELLO, hello))
+    parent.setblocking(False)
+    limit = config.max_requests + random.randint(0, config.max_requests_jitter)
+    return Worker(
+        id=worker_id, process=process, chan=parent, started_at=now, replacement=replacement,
+        health=HealthCheck(fall=config.health_fall, rise=config.health_rise,
+                           replace_after=2 * config.health_fall),
+        request_limit=limit if config.max_requests else 0,
+    )
 
 
 def describe_exit(code: int) -> str:
