@@ -34,3 +34,17 @@ lint: $(VENV)/.test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# make bench - install wrk and the servers to compare with, run bench/run.py, which
+#              writes docs/benchmarks.md (make bench BENCH_ARGS=--quick for a short run)
+.PHONY: bench
+BENCH_ARGS ?=
+
+$(VENV)/.bench: $(BIN)/python pyproject.toml
+	$(PIP) install -e '.[test]' gunicorn uvicorn-worker
+	$(PIP) install granian || echo "granian did not install; the benchmark leaves it out"
+	@touch $@
+
+bench: $(VENV)/.bench
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
