@@ -12,8 +12,6 @@ master -> worker
 
 worker -> master
     ``R`` + JSON   ready: app imported and lifespan startup complete
-    ``L`` + 4 x u64  load: fds received, open connections, requests in flight,
-                   requests served (absolute counters, so reports may coalesce)
     ``E`` + JSON   boot error: message and traceback, sent before exiting
     ``Q`` + u64 + u8  probe N's answer: 1 healthy, 0 not. Without a health path the
                    event loop answers at once (it is not blocked); with one, the answer
@@ -33,14 +31,12 @@ import socket
 import struct
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 HELLO = b"H"
 FDS = b"F"
 STOP = b"S"
 READY = b"R"
-LOAD = b"L"
 ERROR = b"E"
 LEAVING = b"D"
 METRICS = b"M"
@@ -49,17 +45,8 @@ PROBE_REPLY = b"Q"
 
 MAX_MESSAGE = 256 * 1024
 MAX_FDS = 253  # SCM_MAX_FD on Linux
-_LOAD = struct.Struct("!QQQQ")
 _PROBE = struct.Struct("!Q")
 _REPLY = struct.Struct("!QB")
-
-
-@dataclass(frozen=True)
-class Load:
-    received: int = 0
-    connections: int = 0
-    inflight: int = 0
-    requests: int = 0
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
@@ -76,14 +63,6 @@ def decode_json(message: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("channel message is not a JSON object")
     return data
-
-
-def encode_load(load: Load) -> bytes:
-    return LOAD + _LOAD.pack(load.received, load.connections, load.inflight, load.requests)
-
-
-def decode_load(message: bytes) -> Load:
-    return Load(*_LOAD.unpack(message[1 : 1 + _LOAD.size]))
 
 
 def encode_probe(number: int) -> bytes:

@@ -49,7 +49,7 @@ class AppConfig:
     name: str = ""
     workers: int = 1
     bind: str = "127.0.0.1:8000"
-    balance: str = "round-robin"
+    balance: str = "least-busy"
     interface: str = "auto"
     app_dir: str = ""
     env: dict[str, str] = field(default_factory=dict)

@@ -11,6 +11,7 @@ import threading
 import time
 
 import psutil
+import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import get, group_alive, wait_for
@@ -23,7 +24,7 @@ def pids_of(port: int, n: int) -> list[int]:
 
 
 def test_round_robin_spreads_new_connections_evenly(pmx_run):
-    run = pmx_run(FASTAPI, "-i", "4")
+    run = pmx_run(FASTAPI, "-i", "4", "--balance", "round-robin")
     run.wait_serving(4)
     workers = run.worker_pids()
     assert len(workers) == 4
@@ -32,8 +33,9 @@ def test_round_robin_spreads_new_connections_evenly(pmx_run):
     assert all(97 <= c <= 103 for c in counts.values()), counts
 
 
-def test_keep_alive_connections_stay_on_one_worker_and_spread(pmx_run):
-    run = pmx_run(FASTAPI, "-i", "4")
+@pytest.mark.parametrize("policy", ["round-robin", "least-busy"])
+def test_keep_alive_connections_stay_on_one_worker_and_spread(pmx_run, policy):
+    run = pmx_run(FASTAPI, "-i", "4", "--balance", policy)
     run.wait_serving(4)
     conns = [http.client.HTTPConnection("127.0.0.1", run.port, timeout=10) for _ in range(8)]
     seen: list[set[str]] = [set() for _ in conns]

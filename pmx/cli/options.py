@@ -53,7 +53,7 @@ _OPTIONS = [
     click.option("--host", default=None, help="Host to listen on (with --port)."),
     click.option("--port", default=None, help="Port to listen on (with --host)."),
     click.option("--name", default="", help="App name.  [default: the module name]"),
-    click.option("--balance", type=click.Choice(BALANCE_POLICIES), default="round-robin",
+    click.option("--balance", type=click.Choice(BALANCE_POLICIES), default="least-busy",
                  show_default=True, help="How the master picks a worker for each connection."),
     click.option("--interface", type=click.Choice(INTERFACES), default="auto", show_default=True,
                  help="App interface; auto tells ASGI from WSGI."),

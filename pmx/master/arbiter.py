@@ -199,7 +199,7 @@ class Master:
     def spawn(self, worker_id: int, replacement: bool = False) -> Worker:
         worker = launch(
             self.config, worker_id, self.clock(), replacement=replacement,
-            report_changes=self.policy.name != "round-robin", log_prefix=self.log_prefix,
+            log_prefix=self.log_prefix, live_load=self.policy.name != "round-robin",
         )
         self.live.append(worker)
         parent, process = worker.chan, worker.process
@@ -217,9 +217,7 @@ class Master:
             for fd in fds:
                 os.close(fd)
             kind = message[:1]
-            if kind == channel.LOAD:
-                worker.report = channel.decode_load(message)
-            elif kind == channel.METRICS:
+            if kind == channel.METRICS:
                 worker.metrics = channel.decode_json(message)
             elif kind == channel.PROBE_REPLY:
                 number, healthy = channel.decode_probe_reply(message)
@@ -343,6 +341,9 @@ class Master:
         loop.remove_reader(worker.chan.fileno())
         self._on_message(worker)  # a last ERROR may still be queued
         worker.chan.close()
+        if worker.slot is not None:
+            worker.slot.close()
+            worker.slot = None
         if worker.pidfd >= 0:
             loop.remove_reader(worker.pidfd)
             os.close(worker.pidfd)

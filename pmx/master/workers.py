@@ -10,15 +10,22 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pmx import channel
-from pmx.channel import Load
 from pmx.config import AppConfig
+from pmx.loadslot import Load, LoadSlot
 from pmx.master.health import HealthCheck
 
 log = logging.getLogger("pmx.master")
+
+
+# least-busy's stall detection (Worker.busy)
+STALL_MS = 10.0  # longer than a loop preempted on a busy CPU, shorter than a real block
+STALL_MEMORY = 0.25
+STALL_MS_PER_POINT = 5.0  # a 50 ms stall weighs like 10 requests in flight
 
 
 class WorkerState(enum.Enum):
@@ -48,10 +55,12 @@ class Worker:
     state: WorkerState = WorkerState.STARTING
     ready_at: float | None = None
     sent: int = 0  # connection fds handed to this worker
-    report: Load = field(default_factory=Load)
+    slot: LoadSlot | None = None  # the worker's live counters (pmx.loadslot)
     error: str = ""  # boot error text the worker sent before exiting
     exit_code: int | None = None
     pidfd: int = -1
+    stalled_at: float = -1e9  # when least-busy last saw its loop stalled
+    worst_stall_ms: float = 0.0  # the longest stall seen since
     # Set for a worker started to replace another (reload, recycling): if it fails
     # before it is ready, the one it replaces keeps serving and nothing is respawned.
     replacement: bool = False
@@ -72,15 +81,42 @@ class Worker:
         return self.process.pid
 
     @property
-    def load(self) -> int:
-        """Connections handed over and not yet closed: those still in the channel plus
-        those the worker last reported open."""
-        return self.sent - self.report.received + self.report.connections
+    def report(self) -> Load:
+        return self.slot.read()[0] if self.slot is not None else Load()
 
     @property
-    def busy(self) -> int:
-        """Requests in flight plus connections not yet read from the channel."""
-        return self.sent - self.report.received + self.report.inflight
+    def load(self) -> int:
+        """Connections handed over and not yet closed: those still in the channel plus
+        those the worker has open."""
+        report = self.report
+        return self.sent - report.received + report.connections
+
+    @property
+    def busy(self) -> float:
+        """Connections not yet read from the channel, plus, while it has requests in
+        flight, those requests and one per millisecond since its loop last made
+        progress: a loop stuck in a synchronous call ages out of the running at once,
+        while one answering many quick requests stays fresh. A worker seen stalled
+        (over STALL_MS) keeps a penalty for STALL_MEMORY seconds, in proportion to the
+        longest stall seen: an app that blocks its loop again and again is avoided
+        between blocks too, when its next block would catch a connection handed over
+        in the gap, while a worker merely preempted on a busy CPU is barely marked."""
+        if self.slot is None:
+            return self.sent
+        report, active_at = self.slot.read()
+        now = time.monotonic()
+        score = float(self.sent - report.received)
+        if report.inflight:
+            stalled_ms = (now - active_at) * 1000
+            score += report.inflight + stalled_ms
+            if stalled_ms > STALL_MS:
+                if now - self.stalled_at >= STALL_MEMORY:
+                    self.worst_stall_ms = 0.0
+                self.worst_stall_ms = max(self.worst_stall_ms, stalled_ms)
+                self.stalled_at = now
+        if now - self.stalled_at < STALL_MEMORY:
+            score += self.worst_stall_ms / STALL_MS_PER_POINT
+        return score
 
     @property
     def alive(self) -> bool:
@@ -100,34 +136,35 @@ class Worker:
 
 def launch(
     config: AppConfig, worker_id: int, now: float, *, replacement: bool = False,
-    report_changes: bool = False, log_prefix: bool = False,
+    log_prefix: bool = False, live_load: bool = False,
 ) -> Worker:
-    """Start ``python -m pmx.worker FD`` with its end of a new channel, send its hello."""
+    """Start ``python -m pmx.worker CHANNEL_FD SLOT_FD`` and send its hello."""
     parent, child = channel.socketpair()
+    slot = LoadSlot.create()
     env = dict(os.environ)
     env.update(config.env)
     env["PYTHONUNBUFFERED"] = "1"
     env["PMX_WORKER_ID"] = str(worker_id)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pmx.worker", str(child.fileno())],
-            pass_fds=[child.fileno()],
+            [sys.executable, "-m", "pmx.worker", str(child.fileno()), str(slot.fd)],
+            pass_fds=[child.fileno(), slot.fd],
             stdin=subprocess.DEVNULL,
             env=env,
         )
+    except BaseException:
+        slot.close()
+        raise
     finally:
         child.close()
-    hello = {
-        "worker_id": worker_id,
-        "config": config.to_dict(),
-        "report_changes": report_changes,
-        "log_prefix": log_prefix,
-    }
+    hello = {"worker_id": worker_id, "config": config.to_dict(), "log_prefix": log_prefix,
+             "live_load": live_load}
     parent.send(channel.encode_json(channel.HELLO, hello))
     parent.setblocking(False)
     limit = config.max_requests + random.randint(0, config.max_requests_jitter)
     return Worker(
         id=worker_id, process=process, chan=parent, started_at=now, replacement=replacement,
+        slot=slot,
         health=HealthCheck(fall=config.health_fall, rise=config.health_rise,
                            replace_after=2 * config.health_fall),
         request_limit=limit if config.max_requests else 0,

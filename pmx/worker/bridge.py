@@ -31,8 +31,8 @@ import uvicorn
 from uvicorn._compat import asyncio_run
 from uvicorn.config import LOGGING_CONFIG
 
-from pmx.channel import Load
 from pmx.config import AppConfig
+from pmx.loadslot import Load
 from pmx.worker.metrics import PROBE_EXTENSION
 
 
@@ -81,7 +81,6 @@ class UvicornBridge:
         worker_id: int,
         on_change: Callable[[], None] = lambda: None,
         tag_logs: bool = True,
-        on_tasks_change: Callable[[], None] | None = None,
     ) -> None:
         self.uv_config = uvicorn.Config(
             app,
@@ -101,7 +100,7 @@ class UvicornBridge:
         self.server.servers = []
         state = self.server.server_state
         state.connections = _NotifyingSet(on_change)
-        state.tasks = _NotifyingSet(on_tasks_change or on_change)
+        state.tasks = _NotifyingSet(on_change)
         self.received = 0
         self._adopting: set[asyncio.Task[Any]] = set()
 

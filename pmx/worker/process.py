@@ -26,6 +26,7 @@ from setproctitle import setproctitle
 
 from pmx import channel
 from pmx.config import AppConfig
+from pmx.loadslot import LoadSlot
 from pmx.worker.app import AppLoadError, load
 from pmx.worker.bridge import UvicornBridge
 from pmx.worker.hooks import RequestHooks
@@ -35,14 +36,14 @@ BOOT_ERROR = 3  # exit code for "the app cannot start"; the master will not retr
 
 
 class WorkerServer:
-    def __init__(self, chan: socket.socket, bridge: UvicornBridge, report_changes: bool) -> None:
+    def __init__(self, chan: socket.socket, bridge: UvicornBridge, slot: LoadSlot) -> None:
         self.chan = chan
         self.bridge = bridge
-        self.report_changes = report_changes
+        self.slot = slot
+        self.live = False  # publish every change (load-aware policy)
         self.parent = os.getppid()
         self.stopped: asyncio.Event | None = None
         self.leaving = False
-        self._report_pending = False
         self.probes: set[asyncio.Task[None]] = set()
         self.metrics: RequestMetrics | None = None
         self.hooks = RequestHooks()
@@ -79,8 +80,8 @@ class WorkerServer:
             if kind == channel.FDS:
                 for fd in fds:
                     self.bridge.adopt(fd)
-                if self.report_changes:
-                    self.report()
+                if self.live:
+                    self.publish()
                 continue
             for fd in fds:
                 os.close(fd)
@@ -119,31 +120,17 @@ class WorkerServer:
             await asyncio.sleep(0.1)
             counter += 1
             await self.bridge.tick(counter)
+            self.publish()  # the served count, and proof that an idle loop turns
             if counter % 10 == 0:
                 if os.getppid() != self.parent:
                     self._on_channel()  # take what is queued, then stop
                     self.stopped.set()  # type: ignore[union-attr]
-                self.report()
                 if self.metrics is not None:
                     self._send(channel.encode_json(channel.METRICS, self.metrics.to_dict()))
 
-    def report(self) -> None:
-        """Send the load counters once per loop iteration at most."""
-        if self._report_pending:
-            return
-        self._report_pending = True
-        asyncio.get_running_loop().call_soon(self._flush_report)
-
-    def _flush_report(self) -> None:
-        self._report_pending = False
-        self.flush_report()
-
-    def flush_report(self) -> None:
-        load = self.bridge.load()
-        if self.hooks.finishing:  # responses being sent count as done
-            load = channel.Load(load.received, load.connections,
-                                max(0, load.inflight - self.hooks.finishing), load.requests)
-        self._send(channel.encode_load(load))
+    def publish(self) -> None:
+        """Write the load counters to the slot the master reads (pmx.loadslot)."""
+        self.slot.write(self.bridge.load())
 
     def _send(self, message: bytes) -> bool:
         try:
@@ -221,34 +208,24 @@ def main() -> None:
     except BaseException as exc:  # the app's own import-time exception, with its traceback
         fail(format_exception(exc))
 
-    report_changes = bool(hello.get("report_changes"))
     server: WorkerServer | None = None
+    live = bool(hello.get("live_load"))
 
-    def on_change() -> None:
-        if report_changes and server is not None:
-            server.report()
-
-    def flush() -> None:
-        if server is not None:
-            server.flush_report()
-
-    def on_tasks_change() -> None:
-        # Becoming busy or idle is reported now, before the request's handler runs
-        # (it may block the loop); other changes are coalesced per loop iteration.
-        if report_changes and server is not None:
-            if len(bridge.server.server_state.tasks) <= 1:
-                server.flush_report()
-            else:
-                server.report()
+    def publish() -> None:
+        # With a load-aware policy every change is published at once; in particular
+        # becoming busy, before the request's handler runs (it may block the loop).
+        # Otherwise the ticker publishes ten times a second, for status and metrics.
+        if live and server is not None:
+            server.publish()
 
     metrics = RequestMetrics() if config.admin else None
     if metrics is not None:
         app = instrument(app, metrics)
-    hooks = RequestHooks(on_finish=flush if report_changes else None)
+    hooks = RequestHooks()
     app = hooks.wrap(app)
-    bridge = UvicornBridge(config, app, worker_id, on_change, tag_logs=not hello.get("log_prefix"),
-                           on_tasks_change=on_tasks_change)
-    server = WorkerServer(chan, bridge, report_changes)
+    bridge = UvicornBridge(config, app, worker_id, publish, tag_logs=not hello.get("log_prefix"))
+    server = WorkerServer(chan, bridge, LoadSlot(int(sys.argv[2])))
+    server.live = live
     server.metrics = metrics
     server.hooks = hooks
     chan.setblocking(False)

@@ -1,0 +1,65 @@
+"""A worker's live load, in a few bytes of memory shared with its master.
+
+The worker writes its counters whenever they change; the master reads them when it
+picks a worker for a connection. No message, no system call on either side, and the
+master's view is never behind: this is what lets a load-aware policy cost nothing on
+keep-alive traffic and see a stalled event loop the moment it stalls.
+
+Layout (native order, 8-byte fields): fds received, open connections, requests in
+flight, requests served, and ``active_at``: ``time.monotonic()`` when the worker last
+made progress (adopted a connection, started or finished a request). CLOCK_MONOTONIC
+is system-wide, so the master can compare it with its own clock. A write copies the
+packed record over the old one; a reader may see a mix of two writes, which only blurs
+a heuristic for one pick, but never fields that were not written.
+
+The memory is an unlinked temporary file shared by passing its fd to the worker.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Load:
+    received: int = 0
+    connections: int = 0
+    inflight: int = 0
+    requests: int = 0
+
+
+_LAYOUT = struct.Struct("=QQQQd")
+SIZE = mmap.PAGESIZE
+
+
+class LoadSlot:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.memory = mmap.mmap(fd, SIZE)
+
+    @classmethod
+    def create(cls) -> LoadSlot:
+        with tempfile.TemporaryFile() as backing:
+            fd = os.dup(backing.fileno())
+        os.ftruncate(fd, SIZE)
+        return cls(fd)
+
+    def write(self, load: Load) -> None:
+        # Not pack_into: it zeroes the whole record before filling it in, and a reader
+        # in between would see zeros. A slice assignment only ever overwrites bytes.
+        self.memory[: _LAYOUT.size] = _LAYOUT.pack(
+            load.received, load.connections, load.inflight, load.requests, time.monotonic()
+        )
+
+    def read(self) -> tuple[Load, float]:
+        received, connections, inflight, requests, active_at = _LAYOUT.unpack_from(self.memory)
+        return Load(received, connections, inflight, requests), active_at
+
+    def close(self) -> None:
+        self.memory.close()
+        os.close(self.fd)
