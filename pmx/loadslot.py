@@ -56,6 +56,10 @@ class LoadSlot:
             load.received, load.connections, load.inflight, load.requests, time.monotonic()
         )
 
+    def raw(self) -> tuple[int, int, int, int, float]:
+        """(received, connections, inflight, requests, active_at), for the hot path."""
+        return _LAYOUT.unpack_from(self.memory)  # type: ignore[return-value]
+
     def read(self) -> tuple[Load, float]:
         received, connections, inflight, requests, active_at = _LAYOUT.unpack_from(self.memory)
         return Load(received, connections, inflight, requests), active_at

@@ -192,3 +192,21 @@ def test_repeated_boot_failures_mark_the_app_errored(pmx_run, tmp_path):
         "ready; last error: RuntimeError: marker present: refusing to start"
     ) in log
     assert not group_alive(run.pid)
+
+
+def test_sigttin_and_sigttou_scale_by_one(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2")
+    run.wait_serving(2)
+    run.signal(signal.SIGTTIN)
+    wait_for(lambda: len(run.worker_pids()) == 3 and run.log().count(" ready in ") >= 3, 10,
+             "a third worker")
+    assert "scaling tests.apps.plain from 2 to 3 worker(s)" in run.log()
+    run.signal(signal.SIGTTOU)  # one at a time: pending signals of a kind do not queue
+    wait_for(lambda: len(run.worker_pids()) == 2, 10, "scaled down to two workers")
+    run.signal(signal.SIGTTOU)
+    wait_for(lambda: len(run.worker_pids()) == 1, 10, "scaled down to one worker")
+    assert "scaling tests.apps.plain from 2 to 1 worker(s)" in run.log()
+    run.signal(signal.SIGTTOU)  # never below one
+    wait_for(lambda: "SIGTTOU ignored" in run.log(), 5, "the master to refuse")
+    assert {int(get(run.port, "/pid")[1]) for _ in range(3)} == run.worker_pids()
+    assert "scaling tests.apps.plain from 1 to" not in run.log()

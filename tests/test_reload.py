@@ -32,12 +32,17 @@ def write_app(directory, version: str) -> None:
     (directory / "versioned.py").write_text(APP.format(version=version))
 
 
-def test_reload_under_load_serves_new_code_and_loses_nothing(pmx, tmp_path):
-    write_app(tmp_path, "v1")
+def start_versioned(pmx, directory, workers: int) -> tuple[int, set[int]]:
+    """Version v1 of the app as 'web' under the daemon: its port and worker pids."""
+    write_app(directory, "v1")
     port = free_port()
-    pmx.ok("start", "versioned:app", "-i", "4", "--name", "web", "--bind",
-           f"127.0.0.1:{port}", "--app-dir", str(tmp_path))
-    old = ready_pids(pmx.app("web"))
+    pmx.ok("start", "versioned:app", "-i", str(workers), "--name", "web", "--bind",
+           f"127.0.0.1:{port}", "--app-dir", str(directory))
+    return port, ready_pids(pmx.app("web"))
+
+
+def test_reload_under_load_serves_new_code_and_loses_nothing(pmx, tmp_path):
+    port, old = start_versioned(pmx, tmp_path, 4)
     with SteadyLoad(port, "/", clients=4, keep_alive=4) as load:
         load.wait_served(300)
         write_app(tmp_path, "v2")
@@ -55,11 +60,7 @@ def test_reload_under_load_serves_new_code_and_loses_nothing(pmx, tmp_path):
 
 
 def test_reload_with_broken_code_keeps_the_old_workers(pmx, tmp_path):
-    write_app(tmp_path, "v1")
-    port = free_port()
-    pmx.ok("start", "versioned:app", "-i", "2", "--name", "web", "--bind",
-           f"127.0.0.1:{port}", "--app-dir", str(tmp_path))
-    old = ready_pids(pmx.app("web"))
+    port, old = start_versioned(pmx, tmp_path, 2)
     with SteadyLoad(port, "/", clients=2, keep_alive=2) as load:
         load.wait_served(100)
         (tmp_path / "versioned.py").write_text("def broken(:\n")
@@ -111,10 +112,7 @@ def test_reload_with_a_paced_keep_alive_client(pmx, tmp_path):
     import http.client
     import threading
 
-    write_app(tmp_path, "v1")
-    port = free_port()
-    pmx.ok("start", "versioned:app", "-i", "2", "--name", "web", "--bind",
-           f"127.0.0.1:{port}", "--app-dir", str(tmp_path))
+    port, _ = start_versioned(pmx, tmp_path, 2)
     failures: list[Exception] = []
     closes = [0]
     stop = threading.Event()

@@ -182,8 +182,11 @@ class Master:
             return
         if sig in (signal.SIGTTIN, signal.SIGTTOU):
             wanted = self.config.workers + (1 if sig == signal.SIGTTIN else -1)
+            if wanted < 1:
+                log.info("SIGTTOU ignored: %s already runs a single worker", self.config.name)
+                return
             try:
-                self.scale(max(1, wanted))
+                self.scale(wanted)
             except PmxError as exc:
                 log.warning("%s ignored: %s", signal.Signals(sig).name, exc)
             return

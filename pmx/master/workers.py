@@ -88,8 +88,10 @@ class Worker:
     def load(self) -> int:
         """Connections handed over and not yet closed: those still in the channel plus
         those the worker has open."""
-        report = self.report
-        return self.sent - report.received + report.connections
+        if self.slot is None:
+            return self.sent
+        received, connections, _inflight, _requests, _active = self.slot.raw()
+        return self.sent - received + connections
 
     @property
     def busy(self) -> float:
@@ -103,12 +105,12 @@ class Worker:
         in the gap, while a worker merely preempted on a busy CPU is barely marked."""
         if self.slot is None:
             return self.sent
-        report, active_at = self.slot.read()
+        received, _connections, inflight, _requests, active_at = self.slot.raw()
         now = time.monotonic()
-        score = float(self.sent - report.received)
-        if report.inflight:
+        score = float(self.sent - received)
+        if inflight:
             stalled_ms = (now - active_at) * 1000
-            score += report.inflight + stalled_ms
+            score += inflight + stalled_ms
             if stalled_ms > STALL_MS:
                 if now - self.stalled_at >= STALL_MEMORY:
                     self.worst_stall_ms = 0.0
