@@ -33,6 +33,10 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+# A worker's exit code when the app cannot start (import error, lifespan failure):
+# the master does not retry it in a loop.
+BOOT_ERROR = 3
+
 HELLO = b"H"
 FDS = b"F"
 STOP = b"S"

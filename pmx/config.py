@@ -132,10 +132,6 @@ class AppConfig:
     def bind_address(self) -> BindAddress:
         return parse_bind(self.bind)
 
-    @staticmethod
-    def bind_address_of(value: str) -> BindAddress:
-        return parse_bind(value)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

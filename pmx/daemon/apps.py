@@ -136,13 +136,7 @@ class ManagedApp:
 
     def _on_control(self) -> None:
         assert self.control is not None
-        while True:
-            try:
-                data = self.control.recv(1 << 20)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
+        for data, _fds in channel.pending(self.control):
             if not data:
                 asyncio.get_running_loop().remove_reader(self.control.fileno())
                 return
@@ -151,7 +145,6 @@ class ManagedApp:
             if event == "ready":
                 if self.state is AppState.STARTING:
                     self.state = AppState.RUNNING
-                self.backoff = Backoff() if self.restarts == 0 else self.backoff
                 self.started_event.set()
             elif event == "scaled":  # also after SIGTTIN/SIGTTOU sent to the master
                 self.config.workers = int(message["workers"])

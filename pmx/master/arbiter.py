@@ -39,7 +39,7 @@ from typing import Any
 from setproctitle import setproctitle
 
 from pmx import channel
-from pmx.config import AppConfig
+from pmx.config import AppConfig, parse_bind
 from pmx.errors import AppErrored, BootError, PmxError
 from pmx.master.backoff import Backoff
 from pmx.master.balancer import make_policy
@@ -50,7 +50,6 @@ from pmx.master.workers import Worker, WorkerState, describe_exit, launch
 
 log = logging.getLogger("pmx.master")
 
-BOOT_ERROR = 3  # the worker's exit code when the app cannot start (pmx.worker.process)
 HISTORY = 50  # restart records kept for `pmx describe`
 # Without pidfds (macOS) exits are found by polling on every tick.
 _HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
@@ -128,7 +127,7 @@ class Master:
                 from pmx.master.admin import Admin
 
                 admin = Admin(self)
-                where = self.config.bind_address_of(self.config.admin)
+                where = parse_bind(self.config.admin)
                 self.admin_address = await admin.start(where.host, where.port)
             for worker_id in range(1, self.config.workers + 1):
                 self.spawn(worker_id)
@@ -377,7 +376,7 @@ class Master:
         if not was_ready:
             self.boot_failures += 1
             if not self.ever_ready and (
-                code == BOOT_ERROR or self.boot_failures >= self.config.max_boot_failures
+                code == channel.BOOT_ERROR or self.boot_failures >= self.config.max_boot_failures
             ):
                 self._fail(self._boot_error(worker, code))
                 return

@@ -18,6 +18,7 @@ import logging
 import socket
 from typing import Any
 
+from pmx import channel
 from pmx.errors import PmxError
 from pmx.master.arbiter import Master
 from pmx.master.reload import ReloadError
@@ -53,13 +54,7 @@ class Control:
             pass  # the daemon is gone; EOF will say so
 
     def _on_readable(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(1 << 20)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
+        for data, _fds in channel.pending(self.sock):
             if not data:
                 self.close()
                 log.warning("lost the daemon; stopping")

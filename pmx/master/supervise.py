@@ -46,7 +46,7 @@ def memory_of(pid: int) -> int:
         return 0
 
 
-def due(master: Master, worker: Worker) -> str:
+def due(worker: Worker) -> str:
     """Why this ready worker should be replaced now, or ""."""
     if worker.health.due_for_replacement:
         return "health"
@@ -109,7 +109,7 @@ async def supervise(master: Master) -> None:
         if busy or master.state is not AppState.RUNNING or now < retry_at:
             continue
         for worker in sorted(master.live, key=lambda w: w.id):
-            reason = due(master, worker) if worker.state is WorkerState.READY else ""
+            reason = due(worker) if worker.state is WorkerState.READY else ""
             if reason:
                 log.info("replacing worker #%d (pid %d): %s", worker.id, worker.pid,
                          _why(worker, reason))

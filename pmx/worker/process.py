@@ -32,8 +32,6 @@ from pmx.worker.bridge import UvicornBridge
 from pmx.worker.hooks import RequestHooks
 from pmx.worker.metrics import RequestMetrics, instrument
 
-BOOT_ERROR = 3  # exit code for "the app cannot start"; the master will not retry in a loop
-
 
 class WorkerServer:
     def __init__(self, chan: socket.socket, bridge: UvicornBridge, slot: LoadSlot) -> None:
@@ -54,7 +52,7 @@ class WorkerServer:
         error = await self.bridge.startup()
         if error is not None:
             self._send(channel.encode_json(channel.ERROR, {"error": error}))
-            return BOOT_ERROR
+            return channel.BOOT_ERROR
         self._send(channel.encode_json(channel.READY, {"pid": os.getpid()}))
         loop.add_reader(self.chan.fileno(), self._on_channel)
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
@@ -199,7 +197,7 @@ def main() -> None:
 
     def fail(error: str) -> None:
         chan.send(channel.encode_json(channel.ERROR, {"error": error}))
-        sys.exit(BOOT_ERROR)
+        sys.exit(channel.BOOT_ERROR)
 
     try:
         app, _interface = load(config)
