@@ -30,7 +30,7 @@ from prometheus_client.core import (
 
 from pmx.errors import BindError
 from pmx.master.arbiter import Master
-from pmx.master.status import sample, snapshot
+from pmx.master.status import rss, snapshot
 from pmx.master.workers import WorkerState
 from pmx.worker.metrics import BUCKETS
 
@@ -160,7 +160,7 @@ class _Collector:
         inflight = GaugeMetricFamily(
             "pmx_worker_requests_in_flight", "Requests being answered.",
             labels=["app", "worker", "pid"])
-        rss = GaugeMetricFamily("pmx_worker_rss_bytes", "Resident memory of the worker.",
+        rss_family = GaugeMetricFamily("pmx_worker_rss_bytes", "Resident memory of the worker.",
                                 labels=["app", "worker", "pid"])
         cpu = CounterMetricFamily("pmx_worker_cpu_seconds", "CPU time used by the worker.",
                                   labels=["app", "worker", "pid"])
@@ -178,8 +178,7 @@ class _Collector:
                 duration.add_metric(labels, buckets, w.metrics["sum"])
             connections.add_metric(labels, w.load)
             inflight.add_metric(labels, w.report.inflight)
-            _cpu, memory = sample(w.pid)
-            rss.add_metric(labels, memory or 0)
+            rss_family.add_metric(labels, rss(w.pid))
             cpu.add_metric(labels, _cpu_seconds(w.pid))
             in_rotation = w in master.dispatch.rotation
             healthy.add_metric([*labels, w.state.value], 1 if in_rotation else 0)
@@ -189,7 +188,7 @@ class _Collector:
                    "scale")
         for reason in reasons:
             restarts.add_metric([app, reason], master.restart_reasons.get(reason, 0))
-        yield from (requests, duration, connections, inflight, rss, cpu, healthy, restarts)
+        yield from (requests, duration, connections, inflight, rss_family, cpu, healthy, restarts)
 
 
 def _cpu_seconds(pid: int) -> float:

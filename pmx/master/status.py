@@ -36,6 +36,15 @@ def sample(pid: int) -> tuple[float | None, int | None]:
         return None, None
 
 
+def rss(pid: int) -> int:
+    """Resident memory in bytes, without disturbing ``sample``'s CPU baseline."""
+    try:
+        proc = _processes.get(pid) or psutil.Process(pid)
+        return int(proc.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
 def worker_status(master: Master, worker: Worker, now: float) -> dict[str, Any]:
     cpu, memory = sample(worker.pid)
     return {
