@@ -26,6 +26,7 @@ guarantees that no handed-off connection is left unread when a worker stops.
 
 from __future__ import annotations
 
+import array
 import json
 import socket
 import struct
@@ -49,7 +50,11 @@ PROBE_REPLY = b"Q"
 
 _FDS_BUFFERS = [FDS]
 MAX_MESSAGE = 256 * 1024
+# What the master sends after the hello is at most 9 bytes; a worker reads with a small
+# buffer (a 256 KiB one per read is a large allocation on its per-connection path).
+MAX_FROM_MASTER = 64
 MAX_FDS = 253  # SCM_MAX_FD on Linux
+_FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 _PROBE = struct.Struct("!Q")
 _REPLY = struct.Struct("!QB")
 
@@ -96,12 +101,12 @@ def send_fds(sock: socket.socket, fds: list[int]) -> None:
     sock.sendmsg(_FDS_BUFFERS, [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
 
 
-def pending(sock: socket.socket) -> Iterator[tuple[bytes, list[int]]]:
-    """Every message queued on a non-blocking channel end. A final ``(b"", [])``
-    means the peer is gone (EOF or error)."""
+def pending(sock: socket.socket, size: int = MAX_MESSAGE) -> Iterator[tuple[bytes, list[int]]]:
+    """Every message queued on a non-blocking channel end, read with a ``size`` buffer.
+    A final ``(b"", [])`` means the peer is gone (EOF or error)."""
     while True:
         try:
-            message, fds = recv(sock)
+            message, fds = recv(sock, size)
         except BlockingIOError:
             return
         except OSError:
@@ -111,7 +116,11 @@ def pending(sock: socket.socket) -> Iterator[tuple[bytes, list[int]]]:
             return
 
 
-def recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+def recv(sock: socket.socket, size: int = MAX_MESSAGE) -> tuple[bytes, list[int]]:
     """One message and the fds that came with it. ``b""`` means the peer is gone."""
-    message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    message, ancillary, _flags, _addr = sock.recvmsg(size, _FDS_SPACE)
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if (level, kind) == _SCM:
+            fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
     return message, fds

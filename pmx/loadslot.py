@@ -34,6 +34,9 @@ class Load:
 
 
 _LAYOUT = struct.Struct("=QQQQd")
+_SIZE = _LAYOUT.size
+_pack = _LAYOUT.pack
+_monotonic = time.monotonic
 SIZE = mmap.PAGESIZE
 
 
@@ -50,11 +53,13 @@ class LoadSlot:
         return cls(fd)
 
     def write(self, load: Load) -> None:
+        self.put(load.received, load.connections, load.inflight, load.requests)
+
+    def put(self, received: int, connections: int, inflight: int, requests: int) -> None:
+        """``write`` without building a Load: the worker's per-request hot path."""
         # Not pack_into: it zeroes the whole record before filling it in, and a reader
         # in between would see zeros. A slice assignment only ever overwrites bytes.
-        self.memory[: _LAYOUT.size] = _LAYOUT.pack(
-            load.received, load.connections, load.inflight, load.requests, time.monotonic()
-        )
+        self.memory[:_SIZE] = _pack(received, connections, inflight, requests, _monotonic())
 
     def raw(self) -> tuple[int, int, int, int, float]:
         """(received, connections, inflight, requests, active_at), for the hot path."""

@@ -260,3 +260,53 @@ def test_least_busy_ties_go_round_robin():
     policy = make_policy("least-busy")
     candidates = busy_workers(1, 1, 1)
     assert [policy.pick(candidates).id for _ in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+# -- spread: a batch of connections at once ---------------------------------------------
+
+
+def sequential_counts(policy, candidates, count):
+    """What ``count`` picks give when each counts its connection into the worker's
+    score (``load`` and ``busy`` both grow by one per handed-off connection)."""
+    counts = [0] * len(candidates)
+    for _ in range(count):
+        chosen = policy.pick(candidates)
+        chosen.load += 1
+        chosen.busy += 1
+        counts[candidates.index(chosen)] += 1
+    return counts
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize(
+    ("scores", "batches"),
+    [
+        ((0, 0), (1, 1, 5, 64)),
+        ((3, 0, 7), (2, 9, 1, 30)),
+        ((5, 5, 5, 5), (3, 3, 3)),
+        ((0, 40), (10, 50, 1)),
+        ((2,), (4, 1)),
+    ],
+)
+def test_spread_equals_successive_picks(name, scores, batches):
+    by_spread, by_pick = make_policy(name), make_policy(name)
+    spread_pool = [Worker(id=i, load=s, busy=s) for i, s in enumerate(scores)]
+    pick_pool = [Worker(id=i, load=s, busy=s) for i, s in enumerate(scores)]
+    for batch in batches:
+        counts = by_spread.spread(spread_pool, batch)
+        assert sum(counts) == batch
+        for worker, count in zip(spread_pool, counts):
+            worker.load += count
+            worker.busy += count
+        assert counts == sequential_counts(by_pick, pick_pool, batch)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_spread_of_an_empty_pool(name):
+    assert make_policy(name).spread([], 5) == []
+
+
+def test_spread_least_busy_fills_the_idle_worker_first():
+    # One worker is 6 points busy (a stalled loop): a batch of 8 tops the other up to it,
+    # then alternates.
+    assert make_policy("least-busy").spread(busy_workers(0, 6), 8) == [7, 1]

@@ -1,14 +1,17 @@
 """Balancing policies: which ready worker gets the next connection.
 
-A policy is a pure object: ``pick(candidates)`` looks only at the candidates' ``load``
-(connections handed to the worker and not yet closed, as the master last knew it)
+A policy is a pure object: it looks only at the candidates' ``load`` (connections
+handed to the worker and not yet closed, as the master last knew it) or ``busy`` score
 and at its own memory of past picks. No sockets, no clocks, so each policy is
-unit-tested with plain values. The master calls ``pick`` once per accepted connection
-with the workers currently in rotation, always in the same (worker id) order, and
-counts the connection into the chosen worker's load before the next pick.
+unit-tested with plain values. Candidates always come in the same (worker id) order.
 
-To add a policy, write one class with a ``name`` and a ``pick`` and list it in
-``POLICIES``.
+``pick(candidates)`` chooses one worker for one connection. ``spread(candidates, n)``
+shares out a batch of ``n`` connections accepted together: it returns how many each
+candidate gets, exactly what ``n`` successive picks would give if every pick counted
+its connection into the chosen worker's score, but reading each score only once.
+
+To add a policy, write one class with a ``name``, a ``pick`` and a ``spread`` and list
+it in ``POLICIES``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class Policy(Protocol):
 
     def pick(self, candidates: Sequence[C]) -> C | None: ...
 
+    def spread(self, candidates: Sequence[C], count: int) -> list[int]: ...
+
 
 class RoundRobin:
     """Each candidate in turn, whatever its load."""
@@ -48,6 +53,18 @@ class RoundRobin:
         index = self.cursor % len(candidates)
         self.cursor = index + 1
         return candidates[index]
+
+    def spread(self, candidates: Sequence[C], count: int) -> list[int]:
+        size = len(candidates)
+        if not size:
+            return []
+        share, extra = divmod(count, size)
+        start = self.cursor % size
+        counts = [share] * size
+        for step in range(extra):
+            counts[(start + step) % size] += 1
+        self.cursor = start + extra
+        return counts
 
 
 class _Least:
@@ -75,6 +92,28 @@ class _Least:
                 best_index, best = index, value
         self.cursor = best_index + 1
         return candidates[best_index]
+
+    def spread(self, candidates: Sequence[C], count: int) -> list[int]:
+        size = len(candidates)
+        if not size:
+            return []
+        key = self.key
+        scores = [getattr(candidate, key) for candidate in candidates]
+        counts = [0] * size
+        cursor = self.cursor
+        for _ in range(count):
+            start = cursor % size
+            best_index = start
+            best = scores[start]
+            for step in range(1, size):
+                index = (start + step) % size
+                if scores[index] < best:
+                    best_index, best = index, scores[index]
+            scores[best_index] += 1
+            counts[best_index] += 1
+            cursor = best_index + 1
+        self.cursor = cursor
+        return counts
 
 
 class LeastConnections(_Least):

@@ -6,8 +6,9 @@ with no ready worker connections wait in the kernel backlog instead of being dro
 Every fd it accepts is sent to a worker or closed within the same callback: the master
 never keeps a connection and never reads from one.
 
-Accepting is batched: up to ACCEPT_BATCH connections per readiness callback, grouped by
-chosen worker and sent as one message per worker (several fds in one SCM_RIGHTS).
+Accepting is batched: up to ACCEPT_BATCH connections per readiness callback are accepted
+first, then shared out by the policy in one go (``spread``) and sent as one message per
+worker (several fds in one SCM_RIGHTS).
 """
 
 from __future__ import annotations
@@ -63,12 +64,10 @@ class Dispatcher:
 
     def _on_accept(self) -> None:
         accept = self.listener._accept  # type: ignore[attr-defined]  # (fd, addr): no socket object
-        rotation = self.rotation
-        pick = self.policy.pick
-        batches: dict[Worker, list[int]] = {}
+        fds: list[int] = []
         for _ in range(ACCEPT_BATCH):
             try:
-                fd, _addr = accept()
+                fds.append(accept()[0])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -76,36 +75,48 @@ class Dispatcher:
                     continue
                 log.error("accept failed: %s", exc)  # EMFILE and friends
                 break
-            worker = pick(rotation)
-            assert worker is not None
-            worker.sent += 1
-            batch = batches.get(worker)
-            if batch is None:
-                batches[worker] = [fd]
-            else:
-                batch.append(fd)
-        for worker, fds in batches.items():
-            self._hand_off(worker, fds)
+        if not fds:
+            return
+        try:
+            rotation = self.rotation
+            counts = self.policy.spread(rotation, len(fds))
+            first = 0
+            for worker, count in zip(rotation, counts):
+                if count:
+                    worker.sent += count
+                    self._hand_off(worker, fds[first : first + count])
+                    first += count
+        finally:
+            _close_all(fds)
 
     def _hand_off(self, worker: Worker, fds: list[int]) -> None:
         try:
+            channel.send_fds(worker.chan, fds)
+            return
+        except OSError as exc:
+            worker.sent -= len(fds)
+            reason = exc
+        # Its channel is full (loop blocked) or it just died: try the others.
+        for other in self.rotation:
+            if other is worker:
+                continue
             try:
-                channel.send_fds(worker.chan, fds)
-                return
-            except OSError as exc:
-                worker.sent -= len(fds)
-                reason = exc
-            # Its channel is full (loop blocked) or it just died: try the others.
-            for other in self.rotation:
-                if other is worker:
-                    continue
-                try:
-                    channel.send_fds(other.chan, fds)
-                except OSError:
-                    continue
-                other.sent += len(fds)
-                return
-            log.error("could not hand %d connection(s) to any worker: %s", len(fds), reason)
-        finally:
-            for fd in fds:
-                os.close(fd)
+                channel.send_fds(other.chan, fds)
+            except OSError:
+                continue
+            other.sent += len(fds)
+            return
+        log.error("could not hand %d connection(s) to any worker: %s", len(fds), reason)
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close the master's copies once sent. Accepted one after another, they are
+    usually consecutive numbers (the kernel hands out the lowest free one), and then
+    one close_range() call closes them all. (They are distinct open fds, so n of them
+    spanning exactly n numbers are that whole range and nothing else.)"""
+    low, high = min(fds), max(fds)
+    if high - low == len(fds) - 1 and len(fds) > 1:
+        os.closerange(low, high + 1)
+        return
+    for fd in fds:
+        os.close(fd)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import socket
 from collections.abc import Callable, Coroutine
@@ -102,7 +103,10 @@ class UvicornBridge:
         state.connections = _NotifyingSet(on_change)
         state.tasks = _NotifyingSet(on_change)
         self.received = 0
-        self._adopting: set[asyncio.Task[Any]] = set()
+        self._family: int | None = None
+        # connect_accepted_socket coroutines not finished yet, and what each awaits
+        self._adopting: dict[Coroutine[Any, Any, Any], asyncio.Future[Any]] = {}
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by startup()
 
     def run(self, main: Coroutine[Any, Any, int]) -> int:
         """Run ``main`` on uvicorn's event loop (uvloop when installed)."""
@@ -110,6 +114,7 @@ class UvicornBridge:
 
     async def startup(self) -> str | None:
         """Run lifespan startup. Returns None on success, else the error text."""
+        self.loop = asyncio.get_running_loop()  # cached: each lookup is a getpid() call
         capture = _ErrorCapture()
         error_logger = logging.getLogger("uvicorn.error")
         error_logger.addHandler(capture)
@@ -130,21 +135,40 @@ class UvicornBridge:
         await self.server.on_tick(counter)
 
     def adopt(self, fd: int) -> None:
-        """Serve an accepted connection received from the master."""
-        self.received += 1
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(loop.connect_accepted_socket(self._protocol, sock))
-        self._adopting.add(task)
-        task.add_done_callback(self._adopted)
+        """Serve an accepted connection received from the master.
 
-    def _adopted(self, task: asyncio.Task[Any]) -> None:
-        self._adopting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        ``connect_accepted_socket`` is a coroutine, but everything it does before its
+        one ``await`` (build the protocol, open the transport, schedule
+        ``connection_made``, which starts reading) needs no waiting. So it is stepped
+        here, in the channel callback, rather than wrapped in a task that would first
+        wait for the next loop iteration: a connection is served as soon after its
+        arrival as one the loop accepted itself. The rest (the await) is resumed from
+        a done callback.
+        """
+        self.received += 1
+        family = self._family
+        if family is None:  # the first one: let the socket module ask the kernel
+            sock = socket.socket(fileno=fd)
+            self._family = sock.family
+        else:  # the same listener's: no getsockname/getsockopt calls
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+        # No setblocking(): both uvloop (uv_tcp_open) and asyncio make it non-blocking.
+        self._step(self.loop.connect_accepted_socket(self._protocol, sock))
+
+    def _step(self, coro: Coroutine[Any, Any, Any], _: Any = None) -> None:
+        try:
+            future = coro.send(None)
+        except StopIteration:
+            self._adopting.pop(coro, None)
+            return
+        except Exception as exc:
+            self._adopting.pop(coro, None)
             logging.getLogger("uvicorn.error").warning(
-                "could not serve a handed-off connection: %s", task.exception()
+                "could not serve a handed-off connection: %s", exc
             )
+            return
+        self._adopting[coro] = future
+        future.add_done_callback(functools.partial(self._step, coro))
 
     def _protocol(self) -> asyncio.Protocol:
         server = self.server
@@ -152,17 +176,16 @@ class UvicornBridge:
             config=self.uv_config,
             server_state=server.server_state,
             app_state=server.lifespan.state,
-            _loop=asyncio.get_running_loop(),
+            _loop=self.loop,
         )
 
     def load(self) -> Load:
+        return Load(*self.counters())
+
+    def counters(self) -> tuple[int, int, int, int]:
+        """``load()`` as a plain tuple, for the per-request hot path."""
         state = self.server.server_state
-        return Load(
-            received=self.received,
-            connections=len(state.connections),
-            inflight=len(state.tasks),
-            requests=state.total_requests,
-        )
+        return self.received, len(state.connections), len(state.tasks), state.total_requests
 
     def fresh_connections(self) -> int:
         """Connections that have not yet sent their first request."""
@@ -226,7 +249,8 @@ class UvicornBridge:
 
     async def wait_adopted(self) -> None:
         while self._adopting:
-            await asyncio.wait(list(self._adopting))
+            await asyncio.wait(list(self._adopting.values()))
+            await asyncio.sleep(0)  # let the done callbacks finish their coroutines
 
     async def shutdown(self) -> None:
         """uvicorn's graceful shutdown: close idle connections, finish in-flight

@@ -69,7 +69,7 @@ class WorkerServer:
         return 0
 
     def _on_channel(self) -> None:
-        for message, fds in channel.pending(self.chan):
+        for message, fds in channel.pending(self.chan, channel.MAX_FROM_MASTER):
             if self.stopped.is_set():  # type: ignore[union-attr]
                 for fd in fds:
                     os.close(fd)
@@ -128,7 +128,7 @@ class WorkerServer:
 
     def publish(self) -> None:
         """Write the load counters to the slot the master reads (pmx.loadslot)."""
-        self.slot.write(self.bridge.load())
+        self.slot.put(*self.bridge.counters())
 
     def _send(self, message: bytes) -> bool:
         try:
