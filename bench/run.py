@@ -293,6 +293,10 @@ def _busy_seconds() -> float:
     return t.user + t.nice + t.system + getattr(t, "steal", 0.0)
 
 
+def _steal_seconds() -> float:
+    return getattr(psutil.cpu_times(), "steal", 0.0)
+
+
 def _own_seconds() -> float:
     """CPU time of this harness and of its reaped children (wrk, pmx commands)."""
     total = 0.0
@@ -323,6 +327,12 @@ class Interference:
     def __init__(self, server_pid: int) -> None:
         self.server_pid = server_pid
         self.start = (time.monotonic(), _busy_seconds(), _own_seconds(), _tree_seconds(server_pid))
+        self.steal_start = _steal_seconds()
+
+    def steal(self) -> float:
+        """Of those cores, how much the hypervisor gave to other machines."""
+        elapsed = time.monotonic() - self.start[0]
+        return max(0.0, (_steal_seconds() - self.steal_start) / elapsed) if elapsed > 0 else 0.0
 
     def cores(self) -> float:
         t0, busy0, own0, tree0 = self.start
@@ -760,8 +770,13 @@ def measure(fn: Callable[[int, Config], dict[str, Any]], port: int, server_pid: 
             wait_quiet(cfg)
         before = master.cpu_times() if master is not None else None
         others = Interference(server_pid)
+        tree_before = _tree_seconds(server_pid)
         result = fn(port, cfg)
         result["other_cores"] = others.cores()
+        result["steal_cores"] = others.steal()
+        if result.get("requests"):
+            used = _tree_seconds(server_pid) - tree_before
+            result["server_cpu_us"] = used / result["requests"] * 1e6
         if master is not None and before is not None:
             after = master.cpu_times()
             used = (after.user - before.user) + (after.system - before.system)
@@ -863,6 +878,14 @@ def _other_cpu(record: dict[str, Any]) -> float | None:
     return max(values) if values else None
 
 
+def _steal_cpu(record: dict[str, Any]) -> float | None:
+    present = [record[k] for k in ("keepalive", "close", "mixed") if k in record]
+    if not present:
+        return None
+    worst = max(present, key=lambda r: r.get("other_cores", 0.0))
+    return worst.get("steal_cores")
+
+
 def _failed(record: dict[str, Any]) -> float:
     total = 0
     for kind in ("keepalive", "close", "mixed"):
@@ -878,6 +901,10 @@ METRICS = [
            _from("keepalive", "rps"), _int),
     Metric("close_rps", f"new-connection req/s ({CLOSE_CONNECTIONS} conns, Connection: close)",
            _from("close", "rps"), _int),
+    Metric("keepalive_cpu", "keep-alive: server CPU per request (µs, all its processes)",
+           _from("keepalive", "server_cpu_us"), lambda v: f"{v:.0f}"),
+    Metric("close_cpu", "new-connection: server CPU per request (µs, all its processes)",
+           _from("close", "server_cpu_us"), lambda v: f"{v:.0f}"),
     Metric("spread", "keep-alive spread, max/min requests per worker",
            _from("keepalive", "spread"), _spread),
     *(Metric(f"mixed_{p}", f"mixed: /fast {p} (ms), wrk",
@@ -892,8 +919,10 @@ METRICS = [
     Metric("failed", "failed requests (non-2xx + socket errors)", _failed, _int),
     Metric("other_cpu", "CPU used outside the benchmark meanwhile (cores, worst scenario)",
            _other_cpu, lambda v: f"{v:.2f}"),
+    Metric("steal_cpu", "of which stolen by the hypervisor (cores, same scenario)",
+           _steal_cpu, lambda v: f"{v:.2f}"),
 ]
-RATIO_METRICS = ("keepalive_rps", "close_rps", "mixed_p50", "mixed_p90", "mixed_p99",
+RATIO_METRICS = ("keepalive_rps", "close_rps", "keepalive_cpu", "close_cpu", "mixed_p50", "mixed_p90", "mixed_p99",
                  "mixed_p99.9", "mixed_raw_p50", "mixed_raw_p90", "mixed_raw_p99",
                  "mixed_raw_p99.9", "mixed_rps")
 
@@ -1086,7 +1115,7 @@ def report(cfg: Config, chosen: list[Server], skipped: list[Server], runs: Runs,
     if base:
         w("### Ratio to `uvicorn --workers`\n")
         w("Each server's median divided by uvicorn's median in the same run: above 1 is "
-          "better for req/s, below 1 is better for latency.\n")
+          "better for req/s, below 1 is better for latency and CPU per request.\n")
         others = [s for s in chosen if s.key != base]
         rows = []
         for metric in (m for m in measured if m.key in RATIO_METRICS):

@@ -66,3 +66,71 @@ def test_least_busy_steers_around_a_blocked_worker(pmx_run):
     blocker.join(10)
     assert len(pids) == 1  # all on the free worker
     assert elapsed < 2.0  # none waited behind the blocked loop
+
+
+def request_on(conn: http.client.HTTPConnection, path: str) -> str:
+    conn.request("GET", path)
+    return conn.getresponse().read().decode()
+
+
+def test_least_busy_avoids_a_worker_that_blocks_again_and_again(pmx_run):
+    """A client loops on a request that blocks its worker's loop for 40 ms. Between two
+    blocks that loop is free for an instant, and a blind pick would hand it a new
+    connection just before the next block; least-busy remembers the stalls and keeps
+    new connections on the other worker, even with a dozen idle connections held there
+    (least-conn would send them all to the blocking one)."""
+    import threading
+    import time
+
+    from tests.conftest import get
+
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
+    run.wait_serving(2)
+    blocking = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+    blocked_pid = request_on(blocking, "/pid")
+    stop = threading.Event()
+
+    def loop_on_block() -> None:
+        while not stop.is_set():
+            request_on(blocking, "/block?ms=40")
+
+    looper = threading.Thread(target=loop_on_block)
+    looper.start()
+    held: list[http.client.HTTPConnection] = []
+    try:
+        time.sleep(0.3)  # let the master see a few blocks; the test's subject is what follows
+        held = [open_on_worker(run.port)[0] for _ in range(12)]
+        landed = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            landed.append((get(run.port, "/pid")[1], time.monotonic() - started))
+    finally:
+        stop.set()
+        looper.join(10)
+        for conn in [blocking, *held]:
+            conn.close()
+    on_blocked = [elapsed for pid, elapsed in landed if pid == blocked_pid]
+    assert len(landed) > 20
+    assert len(on_blocked) <= 1, f"{len(on_blocked)} of {len(landed)} went to the blocking worker"
+
+
+def test_least_busy_does_not_take_a_long_poll_for_a_stall(pmx_run):
+    """A request waiting 3 s on I/O (asyncio.sleep) leaves its worker's loop free: that
+    worker's heartbeat keeps it in the running, so held connections still spread over
+    both workers instead of all going to the other one."""
+    import threading
+
+    from tests.conftest import get
+
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
+    run.wait_serving(2)
+    poller = threading.Thread(target=get, args=(run.port, "/slow?ms=3000"))
+    poller.start()
+    wait_for(lambda: run.holds_connections() == 1, 5, "the long poll to be held")
+    held = [open_on_worker(run.port) for _ in range(8)]
+    workers = {worker_id for _conn, worker_id in held}
+    for conn, _ in held:
+        conn.close()
+    poller.join(10)
+    assert len(workers) == 2, f"all 8 went to worker {workers}"

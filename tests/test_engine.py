@@ -72,7 +72,8 @@ def test_scope_client_is_the_real_peer(pmx_run):
 
 
 def test_worker_env_and_ids(pmx_run):
-    run = pmx_run("tests.apps.plain:app", "-i", "2", "--env", "GREETING=hi", "--name", "web")
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--env", "GREETING=hi", "--name", "web",
+                  "--balance", "round-robin")  # two requests, one per worker
     run.wait_serving(2)
     envs = [json.loads(get(run.port, "/env")[1]) for _ in range(2)]
     assert sorted(e["PMX_WORKER_ID"] for e in envs) == ["1", "2"]

@@ -124,12 +124,13 @@ class LeastConnections(_Least):
 
 
 class LeastBusy(_Least):
-    """Fewest requests in flight plus connections still unread in the worker's channel.
+    """Lowest ``busy`` score: open connections plus requests in flight, plus how long
+    the worker's loop has been stuck now and has been stuck recently (see
+    ``Worker.busy``).
 
     A worker whose event loop is blocked reads nothing from its channel, so every
     connection handed to it counts against it at once; and a worker reports the moment
-    it starts or finishes its only request, before the handler runs. Idle keep-alive
-    connections cost nothing, unlike with least-conn.
+    it starts or finishes its only request, before the handler runs.
     """
 
     name = "least-busy"

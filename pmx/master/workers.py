@@ -23,9 +23,8 @@ log = logging.getLogger("pmx.master")
 
 
 # least-busy's stall detection (Worker.busy)
-STALL_MS = 10.0  # longer than a loop preempted on a busy CPU, shorter than a real block
-STALL_MEMORY = 0.25
-STALL_MS_PER_POINT = 5.0  # a 50 ms stall weighs like 10 requests in flight
+STALL_MS = 10.0  # a loop that made no progress for longer is stalled
+STALL_HALF_LIFE = 0.25  # seconds for the remembered stall time to halve
 
 
 class WorkerState(enum.Enum):
@@ -59,8 +58,13 @@ class Worker:
     error: str = ""  # boot error text the worker sent before exiting
     exit_code: int | None = None
     pidfd: int = -1
-    stalled_at: float = -1e9  # when least-busy last saw its loop stalled
-    worst_stall_ms: float = 0.0  # the longest stall seen since
+    # least-busy's memory of stalls: decaying sum of the stalled milliseconds seen,
+    # as of stall_level_at; and the stall being watched (its start, and how long it was
+    # at the last look)
+    stall_level: float = 0.0
+    stall_level_at: float = 0.0
+    stall_from: float = 0.0
+    stall_seen_ms: float = 0.0
     # Set for a worker started to replace another (reload, recycling): if it fails
     # before it is ready, the one it replaces keeps serving and nothing is respawned.
     replacement: bool = False
@@ -95,30 +99,37 @@ class Worker:
 
     @property
     def busy(self) -> float:
-        """Connections not yet read from the channel, plus, while it has requests in
-        flight, those requests and one per millisecond since its loop last made
-        progress: a loop stuck in a synchronous call ages out of the running at once,
-        while one answering many quick requests stays fresh. A worker seen stalled
-        (over STALL_MS) keeps a penalty for STALL_MEMORY seconds, in proportion to the
-        longest stall seen: an app that blocks its loop again and again is avoided
-        between blocks too, when its next block would catch a connection handed over
-        in the gap, while a worker merely preempted on a busy CPU is barely marked."""
+        """least-busy's score, about how long a connection handed over now would wait.
+
+        ``load`` (connections handed over and not yet closed, read or not: a kept-alive
+        one will send more requests), plus, while it has requests in flight, those
+        requests and one per millisecond since its loop last made progress: a loop
+        stuck in a synchronous call ages out of the running at once. Plus the
+        stalled time seen recently: every millisecond of a stall (no progress for over
+        STALL_MS with requests in flight) is remembered, halving every
+        STALL_HALF_LIFE seconds. An app that blocks its loop again and again is thus
+        avoided between blocks too, when its next block would catch a connection
+        handed over in the gap; a loop stuck all the time scores about 360 more than
+        one that never is, one merely preempted now and then on a busy CPU little.
+        """
         if self.slot is None:
             return self.sent
-        received, _connections, inflight, _requests, active_at = self.slot.raw()
+        received, connections, inflight, _requests, active_at = self.slot.raw()
         now = time.monotonic()
-        score = float(self.sent - received)
+        score = float(self.sent - received + connections)
+        level = self.stall_level
+        if level:
+            level *= 0.5 ** ((now - self.stall_level_at) / STALL_HALF_LIFE)
         if inflight:
             stalled_ms = (now - active_at) * 1000
             score += inflight + stalled_ms
             if stalled_ms > STALL_MS:
-                if now - self.stalled_at >= STALL_MEMORY:
-                    self.worst_stall_ms = 0.0
-                self.worst_stall_ms = max(self.worst_stall_ms, stalled_ms)
-                self.stalled_at = now
-        if now - self.stalled_at < STALL_MEMORY:
-            score += self.worst_stall_ms / STALL_MS_PER_POINT
-        return score
+                if active_at != self.stall_from:  # a new stall
+                    self.stall_from, self.stall_seen_ms = active_at, 0.0
+                level += stalled_ms - self.stall_seen_ms
+                self.stall_seen_ms = stalled_ms
+        self.stall_level, self.stall_level_at = level, now
+        return score + level
 
     @property
     def alive(self) -> bool:

@@ -187,6 +187,9 @@ class UvicornBridge:
         state = self.server.server_state
         return self.received, len(state.connections), len(state.tasks), state.total_requests
 
+    def inflight(self) -> int:
+        return len(self.server.server_state.tasks)
+
     def fresh_connections(self) -> int:
         """Connections that have not yet sent their first request."""
         connections = self.server.server_state.connections

@@ -32,6 +32,10 @@ from pmx.worker.bridge import UvicornBridge
 from pmx.worker.hooks import RequestHooks
 from pmx.worker.metrics import RequestMetrics, instrument
 
+# While requests are in flight, a load-aware worker stamps its slot at least this often
+# (seconds); well under the master's STALL_MS (pmx.master.workers).
+HEARTBEAT = 0.004
+
 
 class WorkerServer:
     def __init__(self, chan: socket.socket, bridge: UvicornBridge, slot: LoadSlot) -> None:
@@ -45,6 +49,7 @@ class WorkerServer:
         self.probes: set[asyncio.Task[None]] = set()
         self.metrics: RequestMetrics | None = None
         self.hooks = RequestHooks()
+        self.beat: asyncio.TimerHandle | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -130,6 +135,22 @@ class WorkerServer:
         """Write the load counters to the slot the master reads (pmx.loadslot)."""
         self.slot.put(*self.bridge.counters())
 
+    def changed(self) -> None:
+        """A connection or request came or went (load-aware policy: published at once,
+        in particular becoming busy, before the request's handler runs and maybe blocks
+        the loop). While requests are in flight, a heartbeat keeps stamping the slot,
+        so the master tells a loop waiting on I/O (a long poll, a WebSocket) from one
+        stuck in a synchronous call: only the latter stops stamping."""
+        self.publish()
+        if self.beat is None and self.bridge.inflight():
+            self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
+
+    def _beat(self) -> None:
+        self.beat = None
+        if self.bridge.inflight():
+            self.publish()
+            self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
+
     def _send(self, message: bytes) -> bool:
         try:
             self.chan.send(message)
@@ -209,19 +230,18 @@ def main() -> None:
     server: WorkerServer | None = None
     live = bool(hello.get("live_load"))
 
-    def publish() -> None:
-        # With a load-aware policy every change is published at once; in particular
-        # becoming busy, before the request's handler runs (it may block the loop).
-        # Otherwise the ticker publishes ten times a second, for status and metrics.
+    def changed() -> None:
+        # Without a load-aware policy the ticker publishes ten times a second, for
+        # status and metrics; with one, every change (WorkerServer.changed).
         if live and server is not None:
-            server.publish()
+            server.changed()
 
     metrics = RequestMetrics() if config.admin else None
     if metrics is not None:
         app = instrument(app, metrics)
     hooks = RequestHooks()
     app = hooks.wrap(app)
-    bridge = UvicornBridge(config, app, worker_id, publish, tag_logs=not hello.get("log_prefix"))
+    bridge = UvicornBridge(config, app, worker_id, changed, tag_logs=not hello.get("log_prefix"))
     server = WorkerServer(chan, bridge, LoadSlot(int(sys.argv[2])))
     server.live = live
     server.metrics = metrics
