@@ -105,7 +105,7 @@ class UvicornBridge:
         self.received = 0
         self._family: int | None = None
         # connect_accepted_socket coroutines not finished yet, and what each awaits
-        self._adopting: dict[Coroutine[Any, Any, Any], asyncio.Future[Any]] = {}
+        self._adopting: dict[Coroutine[Any, Any, Any], Any] = {}
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by startup()
 
     def run(self, main: Coroutine[Any, Any, int]) -> int:
@@ -168,7 +168,11 @@ class UvicornBridge:
             )
             return
         self._adopting[coro] = future
-        future.add_done_callback(functools.partial(self._step, coro))
+        resume = functools.partial(self._step, coro)
+        if hasattr(future, "add_done_callback"):
+            future.add_done_callback(resume)
+        else:  # a bare yield (asyncio.sleep(0)): go on at the next iteration
+            self.loop.call_soon(resume)
 
     def _protocol(self) -> asyncio.Protocol:
         server = self.server
@@ -252,7 +256,9 @@ class UvicornBridge:
 
     async def wait_adopted(self) -> None:
         while self._adopting:
-            await asyncio.wait(list(self._adopting.values()))
+            futures = [f for f in self._adopting.values() if asyncio.isfuture(f)]
+            if futures:
+                await asyncio.wait(futures)
             await asyncio.sleep(0)  # let the done callbacks finish their coroutines
 
     async def shutdown(self) -> None:
