@@ -792,39 +792,51 @@ def measure(fn: Callable[[int, Config], dict[str, Any]], port: int, server_pid: 
 
 
 def measure_servers(cfg: Config, chosen: list[Server], results: Path) -> Runs:
-    """Each repeat starts every server once and runs the throughput/latency scenarios;
-    the order of the servers rotates between repeats."""
+    """Each repeat starts every server (all of them at once, idle but for the one under
+    load) and runs each scenario on one server after the other, so that the servers
+    compared in a scenario are measured within a minute or two of each other: on a
+    shared machine the CPU left to the benchmark drifts, and this keeps the drift out of
+    the ratios as far as possible. The order of the servers rotates between repeats."""
     runs: Runs = {s.key: [] for s in chosen}
     wanted = [s for s in ("keepalive", "close", "mixed") if s in cfg.scenarios]
     if not wanted:
         return runs
     for repeat in range(cfg.repeats):
         shift = repeat % len(chosen)
-        for server in chosen[shift:] + chosen[:shift]:
-            log(f"repeat {repeat + 1}/{cfg.repeats}: {server.label}")
-            wait_quiet(cfg)
-            record: dict[str, Any] = {"repeat": repeat + 1}
-            log_path = results / f"{server.key}-{repeat + 1}.log"
-            with running(server, cfg.workers, log_path) as (port, proc):
+        order = chosen[shift:] + chosen[:shift]
+        log(f"repeat {repeat + 1}/{cfg.repeats}: starting " + ", ".join(s.label for s in order))
+        with contextlib.ExitStack() as stack:
+            started: dict[str, tuple[int, subprocess.Popen[Any], psutil.Process | None]] = {}
+            records: dict[str, dict[str, Any]] = {}
+            rss: dict[str, list[int]] = {}
+            for server in order:
+                log_path = results / f"{server.key}-{repeat + 1}.log"
+                port, proc = stack.enter_context(running(server, cfg.workers, log_path))
                 master = psutil.Process(proc.pid) if server.pmx_policy else None
-                rss: list[int] = []
+                started[server.key] = (port, proc, master)
+                records[server.key] = {"repeat": repeat + 1}
+                rss[server.key] = []
                 if cfg.warmup:
                     Wrk(port, "/fast", KEEPALIVE_CONNECTIONS, cfg.warmup, COUNT_LUA,
                         cfg.threads).result()
-                for name in wanted:
-                    fn = {"keepalive": scenario_keepalive, "close": scenario_close,
-                          "mixed": scenario_mixed}[name]
-                    record[name] = measure(fn, port, proc.pid, master, cfg, name)
+            for name in wanted:
+                fn = {"keepalive": scenario_keepalive, "close": scenario_close,
+                      "mixed": scenario_mixed}[name]
+                for server in order:
+                    port, proc, master = started[server.key]
+                    wait_quiet(cfg)
+                    result = measure(fn, port, proc.pid, master, cfg, name)
+                    records[server.key][name] = result
                     if master is not None:
-                        rss.append(master.memory_info().rss)
-                if master is not None:
-                    record["master_rss"] = max(rss)
+                        rss[server.key].append(master.memory_info().rss)
+                    figure = (f"p99 {result['latency_us']['p99'] / 1000:.2f} ms"
+                              if name == "mixed" else f"{result['rps']:,.0f} req/s")
+                    log(f"  {name}: {server.label}: {figure}")
+        for server in order:
+            record = records[server.key]
+            if rss[server.key]:
+                record["master_rss"] = max(rss[server.key])
             runs[server.key].append(record)
-            brief = [f"{k} {record[k]['rps']:,.0f} req/s" for k in ("keepalive", "close")
-                     if k in record]
-            if "mixed" in record:
-                brief.append(f"mixed p99 {record['mixed']['latency_us']['p99'] / 1000:.2f} ms")
-            log("  " + ", ".join(brief))
     return runs
 
 
@@ -919,7 +931,7 @@ METRICS = [
     Metric("failed", "failed requests (non-2xx + socket errors)", _failed, _int),
     Metric("other_cpu", "CPU used outside the benchmark meanwhile (cores, worst scenario)",
            _other_cpu, lambda v: f"{v:.2f}"),
-    Metric("steal_cpu", "of which stolen by the hypervisor (cores, same scenario)",
+    Metric("steal_cpu", "CPU stolen by the hypervisor meanwhile (cores, same scenario)",
            _steal_cpu, lambda v: f"{v:.2f}"),
 ]
 RATIO_METRICS = ("keepalive_rps", "close_rps", "keepalive_cpu", "close_cpu", "mixed_p50", "mixed_p90", "mixed_p99",
@@ -1152,10 +1164,13 @@ def report(cfg: Config, chosen: list[Server], skipped: list[Server], runs: Runs,
 
     w("## How it is measured\n")
     w(f"Command: `{' '.join(argv)}`.\n")
-    w(f"Each repeat starts every server afresh on a free port (the order rotates between "
-      "repeats), polls until every worker has answered, warms it up with "
-      f"{cfg.warmup} s of keep-alive load, then runs scenarios 1, 2 and 4 for "
-      f"{cfg.duration} s each, and stops it with SIGTERM. wrk runs with {cfg.threads} "
+    w(f"Each repeat starts every server afresh on its own free port, polls until every "
+      f"worker has answered and warms each up with {cfg.warmup} s of keep-alive load. "
+      f"Then it runs scenario 1 for {cfg.duration} s on each server in turn, then "
+      "scenario 2 on each, then scenario 4 (the order of the servers rotates between "
+      "repeats), so the servers compared in one scenario are measured minutes apart at "
+      "most; the servers not under load meanwhile are idle. At the end of the repeat it "
+      "stops them all with SIGTERM. wrk runs with {cfg.threads} "
       f"thread(s) and `--timeout {WRK_TIMEOUT}` on the same cores as the servers, so each "
       "server shares the CPU with its load generator. The servers: "
       "`pmx run bench.app:app -i N --no-access-log --balance POLICY`, "
@@ -1168,7 +1183,12 @@ def report(cfg: Config, chosen: list[Server], skipped: list[Server], runs: Runs,
       "cores, and a measurement during which they used more is taken again (up to "
       f"{cfg.retries} more times), keeping the quietest attempt. The row *CPU used outside "
       "the benchmark* shows what remained: all process CPU time on the machine minus the "
-      "harness, wrk and the server's own processes, in cores.\n")
+      "harness, wrk and the server's own processes, in cores; on a virtual machine it "
+      "includes the time the hypervisor gave to other machines (*stolen*), during which "
+      "neither the server nor wrk could run. Throughput moves with it; the *server CPU "
+      "per request* rows (user + system time of all the server's processes, divided by "
+      "the requests served) move much less, and compare what each server spends on the "
+      "same work.\n")
     if skipped:
         w("Not measured: " + "; ".join(f"{s.label} ({s.missing})" for s in skipped) + ".\n")
     w(f"1. **Keep-alive throughput**: {KEEPALIVE_CONNECTIONS} keep-alive connections on "

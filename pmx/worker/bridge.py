@@ -150,7 +150,7 @@ class UvicornBridge:
         if family is None:  # the first one: let the socket module ask the kernel
             sock = socket.socket(fileno=fd)
             self._family = sock.family
-        else:  # the same listener's: no getsockname/getsockopt calls
+        else:  # the same listener's: not asked again with getsockopt()
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
         # No setblocking(): both uvloop (uv_tcp_open) and asyncio make it non-blocking.
         self._step(self.loop.connect_accepted_socket(self._protocol, sock))
