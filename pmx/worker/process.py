@@ -50,6 +50,7 @@ class WorkerServer:
         self.metrics: RequestMetrics | None = None
         self.hooks = RequestHooks()
         self.beat: asyncio.TimerHandle | None = None
+        self.shown_busy = False  # the slot last said: requests in flight
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -133,16 +134,25 @@ class WorkerServer:
 
     def publish(self) -> None:
         """Write the load counters to the slot the master reads (pmx.loadslot)."""
-        self.slot.put(*self.bridge.counters())
+        counters = self.bridge.counters()
+        self.slot.put(*counters)
+        self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
-        """A connection or request came or went (load-aware policy: published at once,
-        in particular becoming busy, before the request's handler runs and maybe blocks
-        the loop). While requests are in flight, a heartbeat keeps stamping the slot,
-        so the master tells a loop waiting on I/O (a long poll, a WebSocket) from one
-        stuck in a synchronous call: only the latter stops stamping."""
+        """A connection or request came or went (load-aware policy).
+
+        Becoming busy is published at once, before the request's handler runs and maybe
+        blocks the loop; so is becoming idle. While requests are in flight a heartbeat
+        stamps the slot every HEARTBEAT seconds, with the counts as they are then: the
+        master tells a loop waiting on I/O (a long poll, a WebSocket) from one stuck in
+        a synchronous call, which stops stamping, and a loop serving request after
+        request does not write the slot twice per request.
+        """
+        busy = self.bridge.inflight() > 0
+        if busy and self.shown_busy and self.beat is not None:
+            return  # the heartbeat publishes within HEARTBEAT
         self.publish()
-        if self.beat is None and self.bridge.inflight():
+        if busy and self.beat is None:
             self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
 
     def _beat(self) -> None:
@@ -150,6 +160,8 @@ class WorkerServer:
         if self.bridge.inflight():
             self.publish()
             self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
+        elif self.shown_busy:
+            self.publish()
 
     def _send(self, message: bytes) -> bool:
         try:
