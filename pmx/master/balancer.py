@@ -78,42 +78,36 @@ class _Least:
         self.cursor = 0
 
     def pick(self, candidates: Sequence[C]) -> C | None:
-        count = len(candidates)
-        if not count:
+        if not candidates:
             return None
         key = self.key
-        start = self.cursor % count
-        best_index = start
-        best = getattr(candidates[start], key)
-        for step in range(1, count):
-            index = (start + step) % count
-            value = getattr(candidates[index], key)
-            if value < best:
-                best_index, best = index, value
-        self.cursor = best_index + 1
-        return candidates[best_index]
+        index = self._lowest([getattr(candidate, key) for candidate in candidates])
+        self.cursor = index + 1
+        return candidates[index]
 
     def spread(self, candidates: Sequence[C], count: int) -> list[int]:
-        size = len(candidates)
-        if not size:
+        if not candidates:
             return []
         key = self.key
         scores = [getattr(candidate, key) for candidate in candidates]
-        counts = [0] * size
-        cursor = self.cursor
+        counts = [0] * len(candidates)
         for _ in range(count):
-            start = cursor % size
-            best_index = start
-            best = scores[start]
-            for step in range(1, size):
-                index = (start + step) % size
-                if scores[index] < best:
-                    best_index, best = index, scores[index]
-            scores[best_index] += 1
-            counts[best_index] += 1
-            cursor = best_index + 1
-        self.cursor = cursor
+            index = self._lowest(scores)
+            scores[index] += 1
+            counts[index] += 1
+            self.cursor = index + 1
         return counts
+
+    def _lowest(self, scores: list[float]) -> int:
+        """Index of the lowest score, the first one from the cursor on a tie."""
+        size = len(scores)
+        start = self.cursor % size
+        best_index, best = start, scores[start]
+        for step in range(1, size):
+            index = (start + step) % size
+            if scores[index] < best:
+                best_index, best = index, scores[index]
+        return best_index
 
 
 class LeastConnections(_Least):

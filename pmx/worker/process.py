@@ -160,8 +160,6 @@ class WorkerServer:
         if self.bridge.inflight():
             self.publish()
             self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
-        elif self.shown_busy:
-            self.publish()
 
     def _send(self, message: bytes) -> bool:
         try:
