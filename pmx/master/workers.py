@@ -106,8 +106,8 @@ class Worker:
         requests and one per millisecond since its loop last made progress: a loop
         stuck in a synchronous call ages out of the running at once. Plus the
         stalled time seen recently: every millisecond of a stall (no progress for over
-        STALL_MS with requests in flight) is remembered, halving every
-        STALL_HALF_LIFE seconds. An app that blocks its loop again and again is thus
+        STALL_MS with requests in flight) beyond its first STALL_MS is remembered,
+        halving every STALL_HALF_LIFE seconds. An app that blocks its loop again and again is thus
         avoided between blocks too, when its next block would catch a connection
         handed over in the gap; a loop stuck all the time scores about 360 more than
         one that never is, one merely preempted now and then on a busy CPU little.
@@ -124,8 +124,8 @@ class Worker:
             stalled_ms = (now - active_at) * 1000
             score += inflight + stalled_ms
             if stalled_ms > STALL_MS:
-                if active_at != self.stall_from:  # a new stall
-                    self.stall_from, self.stall_seen_ms = active_at, 0.0
+                if active_at != self.stall_from:  # a new stall: remember what is over STALL_MS
+                    self.stall_from, self.stall_seen_ms = active_at, STALL_MS
                 level += stalled_ms - self.stall_seen_ms
                 self.stall_seen_ms = stalled_ms
         self.stall_level, self.stall_level_at = level, now
