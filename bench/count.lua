@@ -11,6 +11,7 @@
 --          percentiles (latency_us) include its correction for coordinated omission,
 --          these do not. Each request carries its start time in an x-echo header,
 --          which bench/app.py sends back; needs LuaJIT's ffi (as Debian's wrk has).
+--   delay=MS   wait MS milliseconds before each request on a connection (think time).
 
 local threads = {}
 
@@ -48,6 +49,11 @@ function init(args)
          function request()
             wrk.headers["x-echo"] = string.format("%d", now_us())
             return wrk.format()
+         end
+      elseif string.sub(arg, 1, 6) == "delay=" then
+         local ms = tonumber(string.sub(arg, 7)) or 0
+         function delay()
+            return ms
          end
       end
    end
