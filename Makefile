@@ -36,7 +36,8 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # make bench - install wrk and the servers to compare with, run bench/run.py, which
-#              writes docs/benchmarks.md (make bench BENCH_ARGS=--quick for a short run)
+#              writes docs/benchmarks.md (make bench BENCH_ARGS=--quick: under 10 minutes;
+#              BENCH_ARGS='--only tail,spread --workers 2' runs a subset)
 .PHONY: bench
 BENCH_ARGS ?=
 

@@ -14,12 +14,16 @@ Fmt = Callable[[float], str]
 Record = dict[str, Any]
 
 
-def _int(v: float) -> str:
+def fmt_int(v: float) -> str:
     return f"{v:,.0f}"
 
 
-def _ms(v: float) -> str:
+def fmt_2(v: float) -> str:
     return f"{v:.2f}"
+
+
+def fmt_1(v: float) -> str:
+    return f"{v:.1f}"
 
 
 def _ratio(v: float) -> str:
@@ -48,21 +52,21 @@ class Figure:
 
 
 FIGURES: dict[str, Figure] = {f.key: f for f in [
-    Figure("rps", "fast req/s", _path("fast", "rps"), _int, higher_is_better=True),
-    *(Figure(p, f"{p} ms, wrk", _path("fast", "latency_us", p, scale=0.001), _ms)
+    Figure("rps", "fast req/s", _path("fast", "rps"), fmt_int, higher_is_better=True),
+    *(Figure(p, f"{p} ms, wrk", _path("fast", "latency_us", p, scale=0.001), fmt_2)
       for p in ("p50", "p90", "p99")),
     *(Figure(f"r{p}", f"{p} ms, per request", _path("fast", "raw_latency_us", p, scale=0.001),
-             _ms)
+             fmt_2)
       for p in ("p50", "p90", "p99")),
     Figure("cpu", "server CPU µs/request", _path("server_cpu_us"), lambda v: f"{v:.0f}"),
     Figure("spread", "requests per worker, max/min", _path("fast", "spread"), _ratio),
     Figure("conn_spread", "connections per worker, max/min", _path("spread"), _ratio),
-    Figure("load_rps", "other clients' req/s", _path("load_rps"), _int,
+    Figure("load_rps", "other clients' req/s", _path("load_rps"), fmt_int,
            higher_is_better=True),
-    Figure("failed", "failed requests", _path("failed"), _int),
+    Figure("failed", "failed requests", _path("failed"), fmt_int),
     Figure("other_cores", "CPU used elsewhere (cores)", _path("other_cores"),
-           lambda v: f"{v:.2f}"),
-    Figure("steal_cores", "of which stolen (cores)", _path("steal_cores"), lambda v: f"{v:.2f}"),
+           fmt_2),
+    Figure("steal_cores", "of which stolen (cores)", _path("steal_cores"), fmt_2),
     Figure("master_cpu", "pmx master CPU (% of a core)", _path("master_cpu", scale=100.0),
            lambda v: f"{v:.0f}"),
 ]}
@@ -91,7 +95,10 @@ def cell(summary: Summary | None, fmt: Fmt) -> str:
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
-    if value is None or base is None or base == 0 or math.isnan(value / base):
+    """value / base, when both are finite and base is not 0."""
+    if value is None or base is None or base == 0:
+        return None
+    if not (math.isfinite(value) and math.isfinite(base)):
         return None
     return value / base
 

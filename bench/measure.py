@@ -10,6 +10,7 @@ and the quietest attempt is kept.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 from collections.abc import Callable
@@ -140,18 +141,18 @@ def measure(run: Callable[[], dict[str, Any]], target: Running, cfg: Config, nam
         before = master.cpu_times() if master is not None else None
         others = Interference(target.proc.pid)
         tree_before = tree_cpu_seconds(target.proc.pid)
-        t0 = time.monotonic()
         result = run()
-        elapsed = time.monotonic() - t0
         result["other_cores"], result["steal_cores"] = others.cores()
         if result.get("requests"):
             used = tree_cpu_seconds(target.proc.pid) - tree_before
             result["server_cpu_us"] = used / result["requests"] * 1e6
         if master is not None and before is not None:
-            after = master.cpu_times()
-            used = (after.user - before.user) + (after.system - before.system)
-            result["master_cpu"] = used / result.get("seconds", elapsed)
-            result["master_rss"] = master.memory_info().rss
+            with contextlib.suppress(psutil.Error):
+                after = master.cpu_times()
+                used = (after.user - before.user) + (after.system - before.system)
+                if "seconds" in result:  # a burst is too short for a share of a core
+                    result["master_cpu"] = used / result["seconds"]
+                result["master_rss"] = master.memory_info().rss
         attempts.append(result)
         if result["other_cores"] < cfg.busy_cores:
             break

@@ -70,14 +70,18 @@ def forget(proc: subprocess.Popen[Any]) -> None:
     _LIVE.discard(proc)
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process, its descendants and its process group."""
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and its descendants (none if it is gone)."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        procs = []
-    for proc in procs:
+        return []
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process, its descendants and its process group."""
+    for proc in _tree(pid):
         with contextlib.suppress(psutil.Error):
             proc.kill()
     with contextlib.suppress(OSError):
@@ -154,12 +158,7 @@ def wait_gone(pids: list[int], timeout: float) -> float:
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and all its descendants."""
     total = 0.0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    for proc in procs:
+    for proc in _tree(pid):
         with contextlib.suppress(psutil.Error):
             t = proc.cpu_times()
             total += t.user + t.system

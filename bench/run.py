@@ -111,7 +111,7 @@ def make_config(args: argparse.Namespace) -> Config:
         threads=max(1, args.threads),
         warmup=1 if quick else 2,
         quick=quick,
-        only=[n for n in only if n not in DAEMON_SCENARIOS],
+        only=only,
         daemon=daemon,
         max_memory=args.max_memory,
         leak_rate=args.leak_rate,
@@ -183,7 +183,9 @@ def main(argv: list[str]) -> int:
         return rerender(args)
     cfg = make_config(args)
     try:
-        scenarios = select(cfg.only, cfg.workers)
+        families = [n for n in cfg.only if n not in DAEMON_SCENARIOS]
+        # --only naming pmx-daemon scenarios alone runs no family.
+        scenarios = select(families, cfg.workers) if families or not cfg.only else []
         if shutil.which("wrk") is None:
             raise BenchError("wrk is not on PATH (Debian: apt-get install wrk)")
         chosen, skipped = choose_servers(args.servers)

@@ -67,13 +67,14 @@ def beaten_by(scenario: Scenario, by_server: dict[str, list[Record]], default: S
             if mine is None or theirs is None or theirs == mine:
                 continue
             better = theirs > mine if figure.higher_is_better else theirs < mine
-            gain = ratio(theirs, mine)
-            if not better or gain is None:
+            if not better:
                 continue
-            margin = abs(gain - 1) if math.isfinite(gain) and gain else math.inf
+            gain = ratio(theirs, mine)
+            margin = abs(gain - 1) if gain else math.inf  # None: one of them is infinite
             if margin > noise:
-                wins.append(f"{other.pmx_policy} {figure.label} {_times(gain)} "
-                            f"(noise {noise:.0%})")
+                by = f"by {margin:.0%}" if gain else "by far"
+                wins.append(f"{other.pmx_policy} {figure.label} {figure.fmt(theirs)} vs "
+                            f"{figure.fmt(mine)} ({by}, noise {noise:.0%})")
     return wins
 
 
