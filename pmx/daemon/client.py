@@ -19,15 +19,19 @@ class DaemonNotRunning(PmxError):
 
 
 def request(home: Home, verb: str, args: dict[str, Any] | None = None,
-            timeout: float = 120.0) -> Any:
-    """Send one request; return its result. Raises DaemonNotRunning, BootError, PmxError."""
+            timeout: float = 120.0, clean_stale: bool = True) -> Any:
+    """Send one request; return its result. Raises DaemonNotRunning, BootError, PmxError.
+
+    A socket file that refuses connections is removed as stale (``clean_stale``),
+    except while waiting for a daemon that is starting: it binds its socket before it
+    listens."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(str(home.sock))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
-        if isinstance(exc, ConnectionRefusedError):
+        if isinstance(exc, ConnectionRefusedError) and clean_stale:
             remove_stale(home)  # the socket file outlived its daemon
         raise DaemonNotRunning(f"no pmx daemon is running for {home.root}.") from None
     try:
@@ -85,7 +89,7 @@ def ensure_daemon(home: Home, timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            return int(request(home, "ping", timeout=5)["pid"])
+            return int(request(home, "ping", timeout=5, clean_stale=False)["pid"])
         except DaemonNotRunning:
             time.sleep(0.02)
     raise PmxError(f"the pmx daemon did not start; see {home.daemon_log}.")
