@@ -6,8 +6,10 @@ master's view is never behind: this is what lets a load-aware policy cost nothin
 keep-alive traffic and see a stalled event loop the moment it stalls.
 
 Layout (native order, 8-byte fields): fds received, open connections, requests in
-flight, requests served, and ``active_at``: ``time.monotonic()`` when the worker last
-made progress (adopted a connection, started or finished a request). CLOCK_MONOTONIC
+flight, requests served, open connections whose last request blocked the loop
+(pmx.worker.blocks), and ``active_at``: ``time.monotonic()`` when the worker last made
+progress (adopted a connection, started or finished a request, or its heartbeat ran
+while requests were in flight). CLOCK_MONOTONIC
 is system-wide, so the master can compare it with its own clock. A write copies the
 packed record over the old one; a reader may see a mix of two writes, which only blurs
 a heuristic for one pick, but never fields that were not written.
@@ -31,9 +33,10 @@ class Load:
     connections: int = 0
     inflight: int = 0
     requests: int = 0
+    blockers: int = 0
 
 
-_LAYOUT = struct.Struct("=QQQQd")
+_LAYOUT = struct.Struct("=QQQQQd")
 _SIZE = _LAYOUT.size
 _pack = _LAYOUT.pack
 _monotonic = time.monotonic
@@ -52,22 +55,21 @@ class LoadSlot:
         os.ftruncate(fd, SIZE)
         return cls(fd)
 
-    def write(self, load: Load) -> None:
-        self.put(load.received, load.connections, load.inflight, load.requests)
-
-    def put(self, received: int, connections: int, inflight: int, requests: int) -> None:
-        """``write`` without building a Load: the worker's per-request hot path."""
+    def put(self, received: int, connections: int, inflight: int, requests: int,
+            blockers: int) -> None:
+        """Write the counters, stamped with the time (the worker's hot path)."""
         # Not pack_into: it zeroes the whole record before filling it in, and a reader
         # in between would see zeros. A slice assignment only ever overwrites bytes.
-        self.memory[:_SIZE] = _pack(received, connections, inflight, requests, _monotonic())
+        self.memory[:_SIZE] = _pack(received, connections, inflight, requests, blockers,
+                                    _monotonic())
 
-    def raw(self) -> tuple[int, int, int, int, float]:
-        """(received, connections, inflight, requests, active_at), for the hot path."""
+    def raw(self) -> tuple[int, int, int, int, int, float]:
+        """(received, connections, inflight, requests, blockers, active_at)."""
         return _LAYOUT.unpack_from(self.memory)  # type: ignore[return-value]
 
     def read(self) -> tuple[Load, float]:
-        received, connections, inflight, requests, active_at = _LAYOUT.unpack_from(self.memory)
-        return Load(received, connections, inflight, requests), active_at
+        *counts, active_at = _LAYOUT.unpack_from(self.memory)
+        return Load(*counts), active_at
 
     def close(self) -> None:
         self.memory.close()

@@ -75,6 +75,26 @@ def established(pids: Iterable[int], port: int) -> int:
     return count
 
 
+class Hold:
+    """A request to /hold: it blocks its worker's loop from ``started()`` until
+    ``release()``."""
+
+    def __init__(self, port: int, base: Path) -> None:
+        self.base = str(base)
+        self.result: list[str] = []
+        self.thread = threading.Thread(
+            target=lambda: self.result.append(get(port, f"/hold?file={self.base}", 40)[1]))
+        self.thread.start()
+        wait_for(lambda: os.path.exists(self.base + ".held"), 10, "the hold to start")
+        self.started = time.monotonic()
+
+    def release(self) -> str:
+        """End the block; the pid of the worker that was blocked."""
+        open(self.base + ".go", "w").close()
+        self.thread.join(40)
+        return self.result[0]
+
+
 class SteadyLoad:
     """Client threads sending requests until stopped, ``clients`` on a new connection
     per request and ``keep_alive`` reusing theirs (reconnecting only when the server

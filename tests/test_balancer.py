@@ -3,14 +3,26 @@ from dataclasses import dataclass
 
 import pytest
 
-from pmx.master.balancer import POLICIES, LeastConnections, RoundRobin, make_policy
+from pmx.master.balancer import (
+    POLICIES,
+    STUCK,
+    LeastConnections,
+    RoundRobin,
+    Snapshot,
+    make_policy,
+)
 
 
 @dataclass
 class Worker:
     id: int
     load: int = 0
-    busy: int = 0
+    inflight: int = 0
+    stuck: float = 0.0
+    blockers: int = 0
+
+    def snapshot(self, now: float) -> Snapshot:
+        return Snapshot(self.load, self.inflight, self.stuck, self.blockers)
 
 
 def workers(*loads):
@@ -231,34 +243,71 @@ def test_least_conn_never_worse_than_minimum(loads):
         assert policy.pick(candidates).load == min(loads)
 
 
-# least-busy: the same selection rule keyed on requests in flight + unread fds.
+# -- least-busy ----------------------------------------------------------------------
 
 
-def busy_workers(*busy):
-    return [Worker(id=i, load=100, busy=b) for i, b in enumerate(busy)]
-
-
-def test_least_busy_avoids_a_blocked_worker_whatever_its_connections():
+def test_least_busy_avoids_a_stuck_worker_whatever_its_connections():
     policy = make_policy("least-busy")
-    # Worker 0 holds many idle keep-alive connections but is free; worker 1 is stuck.
-    candidates = [Worker(id=0, load=50, busy=0), Worker(id=1, load=1, busy=3)]
+    # Worker 0 holds many idle keep-alive connections but its loop turns; worker 1 is
+    # stuck in a request (no stamp for 10 ms).
+    candidates = [Worker(id=0, load=50), Worker(id=1, load=1, inflight=1, stuck=0.010)]
     assert [policy.pick(candidates).id for _ in range(5)] == [0] * 5
+
+
+def test_least_busy_is_not_fooled_by_the_jitter_of_one_stamp():
+    # Under STUCK the loop is taken as turning: the connection count decides.
+    policy = make_policy("least-busy")
+    candidates = [Worker(id=0, load=5), Worker(id=1, load=1, inflight=1, stuck=STUCK * 0.9)]
+    assert policy.pick(candidates).id == 1
+
+
+def test_least_busy_all_stuck_goes_to_the_least_stuck_then_by_load():
+    policy = make_policy("least-busy")
+    # 40 ms stuck (a blocking call) against 4 ms (preempted): the shorter stall first,
+    # even with more connections.
+    candidates = [Worker(id=0, load=1, inflight=1, stuck=0.040),
+                  Worker(id=1, load=9, inflight=1, stuck=0.004)]
+    assert policy.pick(candidates).id == 1
+    # Stuck about as long (the same power of two of STUCK): by load.
+    candidates = [Worker(id=0, load=1, inflight=1, stuck=0.0045),
+                  Worker(id=1, load=9, inflight=1, stuck=0.004)]
+    assert policy.pick(candidates).id == 0
+
+
+def test_least_busy_keeps_away_from_a_connection_that_blocks():
+    policy = make_policy("least-busy")
+    # Worker 0's loop turns now but holds a kept-alive connection that blocks it again
+    # and again; worker 1 has a dozen idle connections.
+    candidates = [Worker(id=0, load=1, blockers=1), Worker(id=1, load=12)]
+    assert [policy.pick(candidates).id for _ in range(4)] == [1] * 4
+    # ...but prefers it to a loop that is stuck now.
+    candidates[1].stuck, candidates[1].inflight = 0.020, 1
+    assert policy.pick(candidates).id == 0
+    # When every worker holds one, the connection count decides.
+    candidates = [Worker(id=0, load=3, blockers=1), Worker(id=1, load=2, blockers=2)]
+    assert policy.pick(candidates).id == 1
+
+
+def test_least_busy_fewer_requests_in_flight_breaks_a_tie_of_connections():
+    policy = make_policy("least-busy")
+    candidates = [Worker(id=0, load=2, inflight=2), Worker(id=1, load=2, inflight=0)]
+    assert policy.pick(candidates).id == 1
 
 
 def test_least_busy_spreads_an_idle_pool_evenly_as_the_master_counts():
     policy = make_policy("least-busy")
-    candidates = busy_workers(0, 0, 0, 0)
+    candidates = workers(0, 0, 0, 0)
     picked = []
     for _ in range(100):
         worker = policy.pick(candidates)
-        worker.busy += 1  # the master counts a handed-off fd until the worker reads it
+        worker.load += 1  # the master counts a handed-off fd into the load at once
         picked.append(worker.id)
     assert Counter(picked) == {0: 25, 1: 25, 2: 25, 3: 25}
 
 
 def test_least_busy_ties_go_round_robin():
     policy = make_policy("least-busy")
-    candidates = busy_workers(1, 1, 1)
+    candidates = workers(1, 1, 1)
     assert [policy.pick(candidates).id for _ in range(6)] == [0, 1, 2, 0, 1, 2]
 
 
@@ -267,12 +316,11 @@ def test_least_busy_ties_go_round_robin():
 
 def sequential_counts(policy, candidates, count):
     """What ``count`` picks give when each counts its connection into the worker's
-    score (``load`` and ``busy`` both grow by one per handed-off connection)."""
+    load."""
     counts = [0] * len(candidates)
     for _ in range(count):
         chosen = policy.pick(candidates)
         chosen.load += 1
-        chosen.busy += 1
         counts[candidates.index(chosen)] += 1
     return counts
 
@@ -290,14 +338,18 @@ def sequential_counts(policy, candidates, count):
 )
 def test_spread_equals_successive_picks(name, scores, batches):
     by_spread, by_pick = make_policy(name), make_policy(name)
-    spread_pool = [Worker(id=i, load=s, busy=s) for i, s in enumerate(scores)]
-    pick_pool = [Worker(id=i, load=s, busy=s) for i, s in enumerate(scores)]
+    # Every other worker is stuck or holds a connection that blocks: least-busy's
+    # classes must not change what a batch gets against picks one by one.
+    def pool():
+        return [Worker(id=i, load=s, inflight=i % 2, stuck=0.005 * (i % 3 == 2),
+                       blockers=i % 2) for i, s in enumerate(scores)]
+
+    spread_pool, pick_pool = pool(), pool()
     for batch in batches:
         counts = by_spread.spread(spread_pool, batch)
         assert sum(counts) == batch
-        for worker, count in zip(spread_pool, counts):
+        for worker, count in zip(spread_pool, counts, strict=True):
             worker.load += count
-            worker.busy += count
         assert counts == sequential_counts(by_pick, pick_pool, batch)
 
 
@@ -306,7 +358,11 @@ def test_spread_of_an_empty_pool(name):
     assert make_policy(name).spread([], 5) == []
 
 
-def test_spread_least_busy_fills_the_idle_worker_first():
-    # One worker is 6 points busy (a stalled loop): a batch of 8 tops the other up to it,
-    # then alternates.
-    assert make_policy("least-busy").spread(busy_workers(0, 6), 8) == [7, 1]
+def test_spread_least_busy_tops_up_the_less_loaded_worker_first():
+    # One worker has 6 connections: a batch of 8 tops the other up to it, then alternates.
+    assert make_policy("least-busy").spread(workers(0, 6), 8) == [7, 1]
+
+
+def test_spread_least_busy_sends_a_batch_past_a_stuck_worker():
+    stuck = Worker(id=0, load=0, inflight=1, stuck=0.050)
+    assert make_policy("least-busy").spread([stuck, Worker(id=1, load=30)], 8) == [0, 8]

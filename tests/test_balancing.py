@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections import Counter
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import Hold, get, wait_for
 
 
 def open_on_worker(port: int) -> tuple[http.client.HTTPConnection, str]:
@@ -37,42 +44,72 @@ def test_where_connections_go_after_some_close(pmx_run, policy):
         conn.close()
 
 
-def test_least_busy_steers_around_a_blocked_worker(pmx_run):
-    """One worker's loop is blocked by a 3 s synchronous call: least-busy sends every
-    new connection to the other one, so none waits behind the blocked loop."""
-    import threading
-    import time
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from tests.conftest import free_port, get
-
-    admin = free_port()
-    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy",
-                  "--admin", f"127.0.0.1:{admin}")
+def test_least_busy_steers_around_a_blocked_worker(pmx_run, tmp_path):
+    """One worker's loop is blocked in a synchronous call: least-busy sends every new
+    connection to the other one, so none waits behind the blocked loop."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
     run.wait_serving(2)
+    hold = Hold(run.port, tmp_path / "block")
+    try:
+        served = [get(run.port, "/pid", 20)[1] for _ in range(30)]  # while blocked
+    finally:
+        blocked = hold.release()
+    assert blocked not in served
+    assert len(set(served)) == 1
 
-    def in_flight() -> float:
-        families = text_string_to_metric_families(get(admin, "/metrics")[1])
-        family = next(f for f in families if f.name == "pmx_worker_requests_in_flight")
-        return sum(sample.value for sample in family.samples)
 
-    blocker = threading.Thread(target=get, args=(run.port, "/block?ms=3000"))
-    blocker.start()
-    wait_for(lambda: in_flight() == 1, 5, "the blocking request to be in flight")
-    seen = time.monotonic()
-    # A block cannot be told from a busy moment before it has lasted STALL_MS (10 ms):
-    # connections opened in its first 50 ms are left out of the count (not of the time).
-    landed = []
-    while time.monotonic() - seen < 0.5:
-        started = time.monotonic()
-        landed.append((started - seen, get(run.port, "/pid")[1]))
-    elapsed = time.monotonic() - seen
-    blocker.join(10)
-    pids = {pid for after, pid in landed if after >= 0.05}
-    assert len(landed) > 20
-    assert len(pids) == 1  # all on the free worker
-    assert elapsed < 2.0  # none waited behind the blocked loop
+def test_least_busy_does_not_avoid_a_worker_for_a_block_that_is_over(pmx_run, tmp_path):
+    """A request blocks a loop on a connection that then closes; meanwhile new
+    connections go to the other worker. Once the block is over, that worker is as good
+    as the other: held connections spread evenly."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
+    run.wait_serving(2)
+    hold = Hold(run.port, tmp_path / "block")  # get() closes its connection after
+    try:
+        wait_for(lambda: time.monotonic() > hold.started + 0.3, 5, "a long block")
+        served = {get(run.port, "/pid", 20)[1] for _ in range(5)}
+    finally:
+        blocked = hold.release()
+    assert blocked not in served
+    wait_for(lambda: run.holds_connections() == 0, 5, "the blocking connection to close")
+    held = [open_on_worker(run.port) for _ in range(8)]
+    workers = Counter(worker_id for _conn, worker_id in held)
+    for conn, _ in held:
+        conn.close()
+    assert sorted(workers.values()) == [4, 4]
+
+
+def test_least_busy_passes_over_a_frozen_idle_worker(pmx_run):
+    """An idle worker frozen by SIGSTOP looks like any idle worker, but its loop stops
+    stamping its slot: after at most one connection, new ones go to the other worker."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
+    run.wait_serving(2)
+    frozen = sorted(run.worker_pids())[0]
+    os.kill(frozen, signal.SIGSTOP)
+    pids: list[int] = []
+    waiting: list[socket.socket] = []  # not answered at once: on the frozen worker
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline or len(pids) + len(waiting) < 20:
+            sock = socket.create_connection(("127.0.0.1", run.port), timeout=20)
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if poller.poll(50):  # the free worker answers at once
+                pids.append(read_pid(sock))
+            else:
+                waiting.append(sock)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    pids += [read_pid(sock) for sock in waiting]
+    on_frozen = pids.count(frozen)
+    assert on_frozen <= 1, f"{on_frozen} of {len(pids)} connections went to the frozen worker"
+    assert len(pids) >= 20
+
+
+def read_pid(sock: socket.socket) -> int:
+    with sock:
+        return int(sock.makefile("rb").read().split(b"\r\n\r\n", 1)[1])
 
 
 def request_on(conn: http.client.HTTPConnection, path: str) -> str:
@@ -86,11 +123,6 @@ def test_least_busy_avoids_a_worker_that_blocks_again_and_again(pmx_run):
     connection just before the next block; least-busy remembers the stalls and keeps
     new connections on the other worker, even with a dozen idle connections held there
     (least-conn would send them all to the blocking one)."""
-    import threading
-    import time
-
-    from tests.conftest import get
-
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
     run.wait_serving(2)
     blocking = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
@@ -130,10 +162,6 @@ def test_least_busy_does_not_take_a_long_poll_for_a_stall(pmx_run):
     """A request waiting 3 s on I/O (asyncio.sleep) leaves its worker's loop free: that
     worker's heartbeat keeps it in the running, so held connections still spread over
     both workers instead of all going to the other one."""
-    import threading
-
-    from tests.conftest import get
-
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
     run.wait_serving(2)
     poller = threading.Thread(target=get, args=(run.port, "/slow?ms=3000"))

@@ -202,6 +202,7 @@ class Master:
         worker = launch(
             self.config, worker_id, self.clock(), replacement=replacement,
             log_prefix=self.log_prefix, live_load=self.policy.name != "round-robin",
+            watch_blocks=self.policy.name == "least-busy",
         )
         self.live.append(worker)
         parent, process = worker.chan, worker.process

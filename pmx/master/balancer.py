@@ -1,14 +1,45 @@
 """Balancing policies: which ready worker gets the next connection.
 
-A policy is a pure object: it looks only at the candidates' ``load`` (connections
-handed to the worker and not yet closed, as the master last knew it) or ``busy`` score
-and at its own memory of past picks. No sockets, no clocks, so each policy is
-unit-tested with plain values. Candidates always come in the same (worker id) order.
+A policy is a pure object: it looks only at what each candidate reports (``load``, the
+connections handed to it and not yet closed, or a ``Snapshot`` of its present state)
+and at its own memory of past picks. No sockets; the time comes in as a number, so each
+policy is unit-tested with plain values. Candidates always come in the same (worker id)
+order, and ties go round robin from a cursor, so an idle pool is spread evenly.
 
-``pick(candidates)`` chooses one worker for one connection. ``spread(candidates, n)``
-shares out a batch of ``n`` connections accepted together: it returns how many each
-candidate gets, exactly what ``n`` successive picks would give if every pick counted
-its connection into the chosen worker's score, but reading each score only once.
+``pick(candidates, now)`` chooses one worker for one connection. ``spread(candidates,
+n, now)`` shares out a batch of ``n`` connections accepted together: it returns how many
+each candidate gets, exactly what ``n`` successive picks would give if every pick
+counted its connection into the chosen worker's load, but reading each worker once.
+
+least-busy, the default
+-----------------------
+The kernel's shared accept, which ``uvicorn --workers`` and gunicorn rely on, is a pull:
+a worker whose event loop is stuck in a synchronous call does not accept, so nothing new
+waits behind it. The master pushes, so it must know which loops are turning *now*, and
+it must not use the past except where the past predicts the future. least-busy ranks
+each worker by, in order:
+
+1. **Is its loop stuck now?** A worker with requests in flight stamps its load slot at
+   least every millisecond (its heartbeat) while its loop turns, and a handed-off fd is
+   read within microseconds by a loop that turns. A worker whose stamp is older than
+   ``STUCK`` with requests in flight, or with an fd unread for longer than ``STUCK``,
+   is stuck: in a synchronous call, a CPU-bound view, frozen, or off the CPU. Stuck
+   workers come last, the least stuck first (in powers of two of ``STUCK``: a loop
+   stuck for 40 ms is likely to stay stuck longer than one preempted for 4 ms, the
+   "as long again" rule for heavy-tailed durations; within a power, by load).
+2. **Does it hold a connection that blocks?** The worker marks an open connection whose
+   last request held its loop for over ``STUCK`` in one go (``pmx.worker.blocks``); the
+   mark goes when the connection closes or its next request does not block. A kept-alive
+   client whose requests block will block again, and a connection handed to its worker
+   in the gap between two blocks waits out the next one. A connection that blocked and
+   closed leaves no mark: a worker is not avoided for what is over.
+3. **Load**: connections handed over and not yet closed. A kept-alive connection sends
+   more requests, so an even count is even work to come, and it is what keeps
+   connections opened together spread exactly evenly.
+4. **Requests in flight**, then round robin.
+
+Nothing in the rank decays or is tuned to a workload: each part is a fact about the
+worker at the moment of the pick, and each rule says why it predicts a wait.
 
 To add a policy, write one class with a ``name``, a ``pick`` and a ``spread`` and list
 it in ``POLICIES``.
@@ -16,16 +47,30 @@ it in ``POLICIES``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, TypeVar
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+# A loop that has gone this long (seconds) without progress while it has work is stuck
+# (see the module docstring). Workers stamp every 1 ms while busy (pmx.worker.process
+# HEARTBEAT); three missed stamps are not jitter.
+STUCK = 0.003
+
+
+class Snapshot(NamedTuple):
+    """One worker's state at the moment of a pick."""
+
+    load: int  # connections handed over and not yet closed (unread in the channel + open)
+    inflight: int  # requests in flight
+    stuck: float  # seconds its loop has made no progress while it had work (0: turning)
+    blockers: int  # open connections whose last request blocked its loop
 
 
 class Candidate(Protocol):
     @property
     def load(self) -> int: ...
 
-    @property
-    def busy(self) -> float: ...
+    def snapshot(self, now: float) -> Snapshot: ...
 
 
 C = TypeVar("C", bound=Candidate)
@@ -34,9 +79,9 @@ C = TypeVar("C", bound=Candidate)
 class Policy(Protocol):
     name: str
 
-    def pick(self, candidates: Sequence[C]) -> C | None: ...
+    def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None: ...
 
-    def spread(self, candidates: Sequence[C], count: int) -> list[int]: ...
+    def spread(self, candidates: Sequence[C], count: int, now: float = 0.0) -> list[int]: ...
 
 
 class RoundRobin:
@@ -47,14 +92,14 @@ class RoundRobin:
     def __init__(self) -> None:
         self.cursor = 0
 
-    def pick(self, candidates: Sequence[C]) -> C | None:
+    def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None:
         if not candidates:
             return None
         index = self.cursor % len(candidates)
         self.cursor = index + 1
         return candidates[index]
 
-    def spread(self, candidates: Sequence[C], count: int) -> list[int]:
+    def spread(self, candidates: Sequence[C], count: int, now: float = 0.0) -> list[int]:
         size = len(candidates)
         if not size:
             return []
@@ -68,45 +113,50 @@ class RoundRobin:
 
 
 class _Least:
-    """The candidate with the lowest ``key``; ties go round robin, so an idle pool is
-    still spread evenly."""
+    """The candidate with the lowest rank; ties go round robin from the cursor.
+
+    A subclass says how to rank a candidate (``rank``) and how a rank changes when the
+    candidate is handed one more connection (``bump``)."""
 
     name = ""
-    key = ""
 
     def __init__(self) -> None:
         self.cursor = 0
 
-    def pick(self, candidates: Sequence[C]) -> C | None:
+    def rank(self, candidate: Any, now: float) -> Any:
+        raise NotImplementedError
+
+    bump: Callable[[Any], Any]
+
+    def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None:
         if not candidates:
             return None
-        key = self.key
-        index = self._lowest([getattr(candidate, key) for candidate in candidates])
+        index = self._lowest([self.rank(candidate, now) for candidate in candidates])
         self.cursor = index + 1
         return candidates[index]
 
-    def spread(self, candidates: Sequence[C], count: int) -> list[int]:
+    def spread(self, candidates: Sequence[C], count: int, now: float = 0.0) -> list[int]:
         if not candidates:
             return []
-        key = self.key
-        scores = [getattr(candidate, key) for candidate in candidates]
+        ranks = [self.rank(candidate, now) for candidate in candidates]
         counts = [0] * len(candidates)
+        bump = self.bump
         for _ in range(count):
-            index = self._lowest(scores)
-            scores[index] += 1
+            index = self._lowest(ranks)
+            ranks[index] = bump(ranks[index])
             counts[index] += 1
             self.cursor = index + 1
         return counts
 
-    def _lowest(self, scores: list[float]) -> int:
-        """Index of the lowest score, the first one from the cursor on a tie."""
-        size = len(scores)
+    def _lowest(self, ranks: list[Any]) -> int:
+        """Index of the lowest rank, the first one from the cursor on a tie."""
+        size = len(ranks)
         start = self.cursor % size
-        best_index, best = start, scores[start]
+        best_index, best = start, ranks[start]
         for step in range(1, size):
             index = (start + step) % size
-            if scores[index] < best:
-                best_index, best = index, scores[index]
+            if ranks[index] < best:
+                best_index, best = index, ranks[index]
         return best_index
 
 
@@ -114,21 +164,39 @@ class LeastConnections(_Least):
     """Fewest open connections (handed over and not yet closed)."""
 
     name = "least-conn"
-    key = "load"
+
+    def rank(self, candidate: Any, now: float) -> int:
+        return int(candidate.load)
+
+    @staticmethod
+    def bump(rank: int) -> int:
+        return rank + 1
+
+
+# least-busy's rank: (class, how stuck, load, requests in flight). Classes:
+TURNING, BLOCKER, STUCK_NOW = 0, 1, 2
+
+
+def busy_rank(s: Snapshot) -> tuple[int, int, int, int]:
+    """least-busy's rank of one worker (the module docstring says why)."""
+    if s.stuck > STUCK:
+        return (STUCK_NOW, int(math.log2(s.stuck / STUCK)), s.load, s.inflight)
+    return (BLOCKER if s.blockers else TURNING, 0, s.load, s.inflight)
 
 
 class LeastBusy(_Least):
-    """Lowest ``busy`` score: open connections plus requests in flight, plus how long
-    the worker's loop has been stuck now and has been stuck recently (see
-    ``Worker.busy``).
-
-    A worker whose event loop is blocked reads nothing from its channel, so every
-    connection handed to it counts against it at once; and a worker reports the moment
-    it starts or finishes its only request, before the handler runs.
-    """
+    """Loops turning now first, then workers without a connection that blocks, then
+    fewest connections, then fewest requests in flight (see the module docstring)."""
 
     name = "least-busy"
-    key = "busy"
+
+    def rank(self, candidate: Any, now: float) -> tuple[int, int, int, int]:
+        return busy_rank(candidate.snapshot(now))
+
+    @staticmethod
+    def bump(rank: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        kind, stuck, load, inflight = rank
+        return (kind, stuck, load + 1, inflight)
 
 
 Policy_ = RoundRobin | LeastConnections | LeastBusy

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import socket
+import time
 
 from pmx import channel
 from pmx.master.balancer import Policy
@@ -79,22 +80,22 @@ class Dispatcher:
             return
         try:
             rotation = self.rotation
-            counts = self.policy.spread(rotation, len(fds))
+            now = time.monotonic()
+            counts = self.policy.spread(rotation, len(fds), now)
             first = 0
-            for worker, count in zip(rotation, counts):
+            for worker, count in zip(rotation, counts, strict=True):
                 if count:
-                    worker.sent += count
-                    self._hand_off(worker, fds[first : first + count])
+                    self._hand_off(worker, fds[first : first + count], now)
                     first += count
         finally:
             _close_all(fds)
 
-    def _hand_off(self, worker: Worker, fds: list[int]) -> None:
+    def _hand_off(self, worker: Worker, fds: list[int], now: float) -> None:
         try:
             channel.send_fds(worker.chan, fds)
+            worker.handed(len(fds), now)
             return
         except OSError as exc:
-            worker.sent -= len(fds)
             reason = exc
         # Its channel is full (loop blocked) or it just died: try the others.
         for other in self.rotation:
@@ -104,7 +105,7 @@ class Dispatcher:
                 channel.send_fds(other.chan, fds)
             except OSError:
                 continue
-            other.sent += len(fds)
+            other.handed(len(fds), now)
             return
         log.error("could not hand %d connection(s) to any worker: %s", len(fds), reason)
 

@@ -10,21 +10,21 @@ import random
 import socket
 import subprocess
 import sys
-import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from pmx import channel
 from pmx.config import AppConfig
 from pmx.loadslot import Load, LoadSlot
+from pmx.master.balancer import Snapshot
 from pmx.master.health import HealthCheck
 
 log = logging.getLogger("pmx.master")
 
-
-# least-busy's stall detection (Worker.busy)
-STALL_MS = 10.0  # a loop that made no progress for longer is stalled
-STALL_HALF_LIFE = 0.25  # seconds for the remembered stall time to halve
+# An idle worker stamps its slot every 0.1 s (pmx.worker.process TICK); one whose stamp
+# is older than this (seconds) is not turning: frozen, or stuck outside any request.
+IDLE_STUCK = 0.25
 
 
 class WorkerState(enum.Enum):
@@ -58,13 +58,8 @@ class Worker:
     error: str = ""  # boot error text the worker sent before exiting
     exit_code: int | None = None
     pidfd: int = -1
-    # least-busy's memory of stalls: decaying sum of the stalled milliseconds seen,
-    # as of stall_level_at; and the stall being watched (its start, and how long it was
-    # at the last look)
-    stall_level: float = 0.0
-    stall_level_at: float = 0.0
-    stall_from: float = 0.0
-    stall_seen_ms: float = 0.0
+    # (``sent`` after a hand-off, when) for hand-offs the worker has not read all of
+    handoffs: deque[tuple[int, float]] = field(default_factory=deque)
     # Set for a worker started to replace another (reload, recycling): if it fails
     # before it is ready, the one it replaces keeps serving and nothing is respawned.
     replacement: bool = False
@@ -94,42 +89,34 @@ class Worker:
         those the worker has open."""
         if self.slot is None:
             return self.sent
-        received, connections, _inflight, _requests, _active = self.slot.raw()
+        received, connections = self.slot.raw()[:2]
         return self.sent - received + connections
 
-    @property
-    def busy(self) -> float:
-        """least-busy's score, about how long a connection handed over now would wait.
+    def handed(self, count: int, now: float) -> None:
+        """``count`` connection fds were just sent to this worker."""
+        self.sent += count
+        self.handoffs.append((self.sent, now))
 
-        ``load`` (connections handed over and not yet closed, read or not: a kept-alive
-        one will send more requests), plus, while it has requests in flight, those
-        requests and one per millisecond since its loop last made progress: a loop
-        stuck in a synchronous call ages out of the running at once. Plus the
-        stalled time seen recently: every millisecond of a stall (no progress for over
-        STALL_MS with requests in flight) beyond its first STALL_MS is remembered,
-        halving every STALL_HALF_LIFE seconds. An app that blocks its loop again and again is thus
-        avoided between blocks too, when its next block would catch a connection
-        handed over in the gap; a loop stuck all the time scores about 360 more than
-        one that never is, one merely preempted now and then on a busy CPU little.
-        """
+    def snapshot(self, now: float) -> Snapshot:
+        """The worker's state for least-busy (pmx.master.balancer): its load, requests
+        in flight, how long its loop has been stuck, and its connections that block.
+
+        Stuck: with requests in flight, the time since its last stamp (a turning loop
+        stamps every HEARTBEAT); idle, the time since its last stamp past IDLE_STUCK
+        (it stamps every TICK); with fds unread in the channel, the time since the
+        oldest of them was sent (a turning loop reads them at once)."""
         if self.slot is None:
-            return self.sent
-        received, connections, inflight, _requests, active_at = self.slot.raw()
-        now = time.monotonic()
-        score = float(self.sent - received + connections)
-        level = self.stall_level
-        if level:
-            level *= 0.5 ** ((now - self.stall_level_at) / STALL_HALF_LIFE)
-        if inflight:
-            stalled_ms = (now - active_at) * 1000
-            score += inflight + stalled_ms
-            if stalled_ms > STALL_MS:
-                if active_at != self.stall_from:  # a new stall: remember what is over STALL_MS
-                    self.stall_from, self.stall_seen_ms = active_at, STALL_MS
-                level += stalled_ms - self.stall_seen_ms
-                self.stall_seen_ms = stalled_ms
-        self.stall_level, self.stall_level_at = level, now
-        return score + level
+            return Snapshot(self.sent, 0, 0.0, 0)
+        received, connections, inflight, _requests, blockers, active_at = self.slot.raw()
+        stuck = now - active_at
+        if not inflight and stuck < IDLE_STUCK:
+            stuck = 0.0
+        handoffs = self.handoffs
+        while handoffs and handoffs[0][0] <= received:
+            handoffs.popleft()
+        if handoffs and now - handoffs[0][1] > stuck:
+            stuck = now - handoffs[0][1]
+        return Snapshot(self.sent - received + connections, inflight, stuck, blockers)
 
     @property
     def alive(self) -> bool:
@@ -149,7 +136,7 @@ class Worker:
 
 def launch(
     config: AppConfig, worker_id: int, now: float, *, replacement: bool = False,
-    log_prefix: bool = False, live_load: bool = False,
+    log_prefix: bool = False, live_load: bool = False, watch_blocks: bool = False,
 ) -> Worker:
     """Start ``python -m pmx.worker CHANNEL_FD SLOT_FD`` and send its hello."""
     parent, child = channel.socketpair()
@@ -171,7 +158,7 @@ def launch(
     finally:
         child.close()
     hello = {"worker_id": worker_id, "config": config.to_dict(), "log_prefix": log_prefix,
-             "live_load": live_load}
+             "live_load": live_load, "watch_blocks": watch_blocks}
     parent.send(channel.encode_json(channel.HELLO, hello))
     parent.setblocking(False)
     limit = config.max_requests + random.randint(0, config.max_requests_jitter)

@@ -12,6 +12,8 @@ in uvicorn. What that needs from uvicorn beyond its public ``Config``/``Server``
 - ``Server.on_tick`` refreshes the default (date) headers; ``Server.shutdown`` drains;
 - an HTTP protocol's ``cycle`` stays ``None`` until its first request is parsed; a
   cycle has ``response_complete`` and ``keep_alive`` (False: the response closes);
+- the ``send`` a request's app gets is a bound method of its cycle, and the cycle's
+  ``transport`` is its protocol's ``transport`` (what names a connection);
 - ``uvicorn._compat.asyncio_run`` runs the worker loop with uvicorn's loop factory.
 
 ``tests/test_bridge.py`` checks each of these so that a uvicorn upgrade that changes them
@@ -38,11 +40,14 @@ from pmx.worker.metrics import PROBE_EXTENSION
 
 
 class _NotifyingSet(set):  # type: ignore[type-arg]
-    """A set that calls back on add/discard, so load changes are seen as they happen."""
+    """A set that calls back on add/discard, so load changes are seen as they happen;
+    ``on_discard`` first hears of what was discarded."""
 
-    def __init__(self, on_change: Callable[[], None]) -> None:
+    def __init__(self, on_change: Callable[[], None],
+                 on_discard: Callable[[Any], None] = lambda item: None) -> None:
         super().__init__()
         self.on_change = on_change
+        self.on_discard = on_discard
 
     def add(self, item: Any) -> None:
         super().add(item)
@@ -50,7 +55,21 @@ class _NotifyingSet(set):  # type: ignore[type-arg]
 
     def discard(self, item: Any) -> None:
         super().discard(item)
+        self.on_discard(item)
         self.on_change()
+
+
+def connection_of(send: Any) -> object | None:
+    """The connection (its transport) a request's ``send`` answers on; None once it is
+    closing."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or transport.is_closing():
+        return None
+    return transport
+
+
+def _transport_of(protocol: Any) -> object | None:
+    return getattr(protocol, "transport", None)
 
 
 def log_config(worker_id: int, tag: bool = True) -> dict[str, Any]:
@@ -82,7 +101,10 @@ class UvicornBridge:
         worker_id: int,
         on_change: Callable[[], None] = lambda: None,
         tag_logs: bool = True,
+        on_close: Callable[[object], None] | None = None,
     ) -> None:
+        """``on_change``: a connection or request came or went. ``on_close``: this
+        connection (as ``connection_of`` names it) closed."""
         self.uv_config = uvicorn.Config(
             app,
             interface="auto",
@@ -100,7 +122,11 @@ class UvicornBridge:
         self.server = uvicorn.Server(self.uv_config)
         self.server.servers = []
         state = self.server.server_state
-        state.connections = _NotifyingSet(on_change)
+        if on_close is None:
+            state.connections = _NotifyingSet(on_change)
+        else:
+            state.connections = _NotifyingSet(
+                on_change, lambda protocol: on_close(_transport_of(protocol)))
         state.tasks = _NotifyingSet(on_change)
         self.received = 0
         self._family: int | None = None

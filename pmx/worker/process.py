@@ -28,13 +28,18 @@ from pmx import channel
 from pmx.config import AppConfig
 from pmx.loadslot import LoadSlot
 from pmx.worker.app import AppLoadError, load
-from pmx.worker.bridge import UvicornBridge
+from pmx.worker.blocks import BlockWatch
+from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.hooks import RequestHooks
 from pmx.worker.metrics import RequestMetrics, instrument
 
 # While requests are in flight, a load-aware worker stamps its slot at least this often
-# (seconds); well under the master's STALL_MS (pmx.master.workers).
-HEARTBEAT = 0.004
+# (seconds); a third of the master's STUCK (pmx.master.balancer), so that a loop that
+# turns is never taken for a stuck one by the jitter of one stamp.
+HEARTBEAT = 0.001
+# Seconds between two ticks of the idle loop: uvicorn's date header, the slot stamp that
+# tells the master the loop turns (pmx.master.workers IDLE_STUCK), the parent check.
+TICK = 0.1
 
 
 class WorkerServer:
@@ -51,6 +56,7 @@ class WorkerServer:
         self.hooks = RequestHooks()
         self.beat: asyncio.TimerHandle | None = None
         self.shown_busy = False  # the slot last said: requests in flight
+        self.blocks: BlockWatch | None = None  # least-busy: connections that block
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -59,6 +65,7 @@ class WorkerServer:
         if error is not None:
             self._send(channel.encode_json(channel.ERROR, {"error": error}))
             return channel.BOOT_ERROR
+        self.publish()  # the first stamp: the master sees a turning loop from the start
         self._send(channel.encode_json(channel.READY, {"pid": os.getpid()}))
         loop.add_reader(self.chan.fileno(), self._on_channel)
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
@@ -121,7 +128,7 @@ class WorkerServer:
     async def _tick(self) -> None:
         counter = 0
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(TICK)
             counter += 1
             await self.bridge.tick(counter)
             self.publish()  # the served count, and proof that an idle loop turns
@@ -135,7 +142,8 @@ class WorkerServer:
     def publish(self) -> None:
         """Write the load counters to the slot the master reads (pmx.loadslot)."""
         counters = self.bridge.counters()
-        self.slot.put(*counters)
+        blocks = self.blocks
+        self.slot.put(*counters, blocks.count if blocks is not None else 0)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
@@ -249,12 +257,15 @@ def main() -> None:
     metrics = RequestMetrics() if config.admin else None
     if metrics is not None:
         app = instrument(app, metrics)
-    hooks = RequestHooks()
+    blocks = BlockWatch(connection_of, changed) if hello.get("watch_blocks") else None
+    hooks = RequestHooks(blocks)
     app = hooks.wrap(app)
-    bridge = UvicornBridge(config, app, worker_id, changed, tag_logs=not hello.get("log_prefix"))
+    bridge = UvicornBridge(config, app, worker_id, changed, tag_logs=not hello.get("log_prefix"),
+                           on_close=blocks.forget if blocks is not None else None)
     server = WorkerServer(chan, bridge, LoadSlot(int(sys.argv[2])))
     server.live = live
     server.metrics = metrics
     server.hooks = hooks
+    server.blocks = blocks
     chan.setblocking(False)
     sys.exit(bridge.run(server.run()))

@@ -22,6 +22,13 @@ async def app(scope, receive, send):
         await asyncio.sleep(float(scope["query_string"].decode().partition("=")[2] or 1000) / 1000)
     if path == "/block":  # blocks the whole event loop, like a sync call in async code
         time.sleep(float(scope["query_string"].decode().partition("=")[2] or 1000) / 1000)
+    if path == "/hold":  # blocks the loop until the file FILE.go exists (at most 30 s),
+        # after creating FILE.held: a block that a test starts and ends when it wants
+        name = scope["query_string"].decode().partition("=")[2]
+        open(name + ".held", "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(name + ".go") and time.monotonic() < deadline:
+            time.sleep(0.002)
     if path == "/env":
         keys = ("PMX_WORKER_ID", "PYTHONUNBUFFERED", "GREETING")
         body = json.dumps({k: os.environ.get(k) for k in keys}).encode()
