@@ -8,20 +8,45 @@ import time
 import pytest
 
 from pmx.worker.blocks import BLOCK, BlockWatch, Stepped
+from pmx.worker.hooks import RequestHooks
+
+
+class Connection:
+    def __init__(self) -> None:
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
 
 
 class Send:
-    """Stands for a request's ``send``; ``connection`` is what bridge.connection_of
-    would find (None: the connection is closing)."""
+    """Stands for a request's ``send``: bridge.connection_of finds its connection, None
+    once that is closing."""
 
-    def __init__(self, connection: object | None) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
+
+    async def __call__(self, message: dict) -> None:
+        pass
+
+
+def connection_of(send: Send) -> Connection | None:
+    return None if send.connection.closing else send.connection
 
 
 def watch() -> tuple[BlockWatch, list[int]]:
     counts: list[int] = []
-    blocks = BlockWatch(lambda send: send.connection, lambda: counts.append(blocks.count))
+    blocks = BlockWatch(connection_of, lambda: counts.append(blocks.count))
     return blocks, counts
+
+
+def request(blocks: BlockWatch, work, send: Send) -> None:
+    """One HTTP request whose app runs ``work()``, through the worker's hooks."""
+
+    async def app(scope, receive, send) -> None:
+        await work()
+
+    asyncio.run(RequestHooks(blocks).wrap(app)({"type": "http"}, None, send))
 
 
 async def blocking(seconds: float) -> str:
@@ -68,49 +93,72 @@ def test_stepped_passes_exceptions_and_cancellation_through():
     asyncio.run(main())
 
 
-def test_a_request_that_blocks_marks_its_connection_until_one_does_not():
+def test_a_connection_is_marked_on_its_second_blocking_request_until_one_does_not():
     blocks, counts = watch()
-    kept_alive = Send(object())
-
-    async def main() -> None:
-        await blocks.run(blocking(BLOCK * 2), kept_alive)
-        assert blocks.count == 1
-        await blocks.run(blocking(BLOCK * 2), kept_alive)  # still one connection
-        assert blocks.count == 1
-        await blocks.run(awaiting(BLOCK * 4), kept_alive)  # a request that does not block
-        assert blocks.count == 0
-
-    asyncio.run(main())
+    kept_alive = Send(Connection())
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive)
+    assert blocks.count == 0 and blocks.suspects == {kept_alive.connection}  # slow: why?
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # timed step by step
+    assert blocks.count == 1
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive)
+    assert blocks.count == 1
+    request(blocks, lambda: awaiting(BLOCK * 4), kept_alive)  # slow, but the loop was free
+    assert blocks.count == 0 and blocks.suspects == {kept_alive.connection}
     assert counts == [1, 0]  # told of each change, once
+
+
+def test_a_long_poll_is_never_marked():
+    blocks, counts = watch()
+    poll = Send(Connection())
+    for _ in range(3):
+        request(blocks, lambda: awaiting(BLOCK * 4), poll)
+    assert blocks.count == 0 and counts == []
+
+
+def test_fast_requests_leave_no_trace():
+    blocks, _ = watch()
+    fast = Send(Connection())
+    for _ in range(3):
+        request(blocks, lambda: awaiting(0), fast)
+    assert not blocks.suspects and not blocks.marked
 
 
 def test_a_connection_that_closes_takes_its_mark_with_it():
     blocks, counts = watch()
-    connection = object()
-
-    async def main() -> None:
-        await blocks.run(blocking(BLOCK * 2), Send(connection))
-        # A blocking request on a connection that is closing (Connection: close)
-        await blocks.run(blocking(BLOCK * 2), Send(None))
-
-    asyncio.run(main())
+    connection = Connection()
+    for _ in range(2):
+        request(blocks, lambda: blocking(BLOCK * 2), Send(connection))
     assert blocks.count == 1
-    blocks.forget(object())  # some other connection closes: nothing changes
+    blocks.forget(Connection())  # some other connection closes: nothing changes
     assert counts == [1]
     blocks.forget(connection)
-    assert blocks.count == 0 and counts == [1, 0]
+    assert blocks.count == 0 and not blocks.suspects and counts == [1, 0]
+
+
+def test_a_connection_closing_as_its_request_ends_is_not_marked():
+    blocks, _ = watch()
+    closing = Send(Connection())
+    request(blocks, lambda: blocking(BLOCK * 2), closing)
+
+    async def blocks_then_closes() -> None:
+        time.sleep(BLOCK * 2)
+        closing.connection.closing = True  # Connection: close
+
+    request(blocks, blocks_then_closes, closing)
+    assert blocks.count == 0
+    request(blocks, lambda: blocking(BLOCK * 2), Send(Connection()))  # a fresh one
+    assert blocks.count == 0
 
 
 def test_a_request_that_raises_is_still_judged():
     blocks, _ = watch()
+    send = Send(Connection())
 
     async def blocks_then_raises() -> None:
         time.sleep(BLOCK * 2)
         raise RuntimeError("app error")
 
-    async def main() -> None:
+    for _ in range(2):
         with pytest.raises(RuntimeError):
-            await blocks.run(blocks_then_raises(), Send(object()))
-
-    asyncio.run(main())
+            request(blocks, blocks_then_raises, send)
     assert blocks.count == 1

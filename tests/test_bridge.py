@@ -14,7 +14,7 @@ import uvicorn
 from uvicorn.importer import import_from_string
 
 from pmx.config import AppConfig
-from pmx.worker.bridge import UvicornBridge
+from pmx.worker.bridge import UvicornBridge, connection_of
 from tests.apps.plain import app as plain_app
 
 
@@ -76,6 +76,42 @@ def test_a_served_connection_is_tracked_and_counted():
         load = bridge.load()
         assert (load.connections, load.inflight, load.requests) == (0, 0, 1)
         assert changes, "ServerState.connections.add/discard are called by the protocol"
+        await bridge.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_send_names_its_connection_until_it_closes():
+    """``connection_of(send)`` is the protocol's transport (what BlockWatch keys on),
+    and ``on_close`` hears of the same transport when the connection closes."""
+
+    seen: list[object] = []
+    closed: list[object] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            seen.append(connection_of(send))
+        await plain_app(scope, receive, send)
+
+    async def scenario() -> None:
+        bridge = UvicornBridge(AppConfig(app="tests.apps.plain:app").validate(), app, 1,
+                               on_close=closed.append)
+        assert await bridge.startup() is None
+        ours, theirs = socket.socketpair()
+        bridge.adopt(theirs.detach())
+        await bridge.wait_adopted()
+        (protocol,) = bridge.server.server_state.connections
+        reader, writer = await asyncio.open_connection(sock=ours)
+        for _ in range(2):  # kept alive: the same connection both times
+            writer.write(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        for _ in range(100):
+            if closed:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [protocol.transport] * 2, "send.__self__.transport is the connection's"
+        assert closed == [protocol.transport], "on_close gets the closed protocol's transport"
         await bridge.shutdown()
 
     asyncio.run(scenario())

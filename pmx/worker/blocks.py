@@ -12,8 +12,13 @@ two blocks waits out the next.
 The mark belongs to the connection, not to the worker: a blocking request on a
 connection that then closed says nothing about the worker's future.
 
-Timing a step costs two clock reads: a request is wrapped in ``Stepped``, which drives
-the app's coroutine and keeps its longest step. A fast request is usually one step.
+Cost. Timing every step of every request (``Stepped``) costs about a microsecond a
+request, a few percent of a fast one. So a request is first timed as a whole, two
+clock reads: one that took less than ``BLOCK`` cannot have blocked for longer. A
+connection whose request took longer (it blocked, or it awaited something slow)
+becomes a *suspect*, and the requests of suspect and marked connections are timed
+step by step, which tells blocking from awaiting. A connection is thus marked on its
+second blocking request, and a long poll is never marked.
 """
 
 from __future__ import annotations
@@ -68,47 +73,60 @@ class Stepped:
 
 
 class BlockWatch:
-    """The set of open connections whose last request blocked the loop.
+    """The open connections whose last request blocked the loop (``marked``) or took
+    longer than BLOCK (``suspects``).
 
     ``connection_of(send)`` names the connection a request's ``send`` belongs to, or None
     if it is closing or unknown (pmx.worker.bridge knows how); ``forget`` is called when
-    a connection closes; ``on_change`` when the count changes.
+    a connection closes; ``on_change`` when the count of marked connections changes.
     """
 
-    def __init__(self, connection_of: Callable[[Any], object | None],
+    def __init__(self, connection_of: Callable[[Any], Any],
                  on_change: Callable[[], None] = lambda: None, block: float = BLOCK) -> None:
         self.connection_of = connection_of
         self.on_change = on_change
         self.block = block
         self.marked: set[object] = set()
+        self.suspects: set[object] = set()
 
     @property
     def count(self) -> int:
         return len(self.marked)
 
     def forget(self, connection: object) -> None:
+        self.suspects.discard(connection)
         if connection in self.marked:
             self.marked.discard(connection)
             self.on_change()
 
-    async def run(self, call: Coroutine[Any, Any, Any], send: Any) -> None:
-        """Await one HTTP request's app call, then mark or unmark its connection."""
-        stepped = Stepped(call)
-        try:
-            await stepped
-        finally:
-            self._after(send, stepped.longest > self.block)
-
-    def _after(self, send: Any, blocked: bool) -> None:
-        marked = self.marked
-        if not blocked and not marked:
-            return
+    def watched(self, send: Any) -> object | None:
+        """The connection of this request if its steps are to be timed, else None."""
+        if not self.suspects and not self.marked:
+            return None
         connection = self.connection_of(send)
-        if connection is None:
-            return
-        if blocked and connection not in marked:
-            marked.add(connection)
-            self.on_change()
-        elif not blocked and connection in marked:
-            marked.discard(connection)
+        if connection in self.suspects or connection in self.marked:
+            return connection
+        return None
+
+    def took(self, send: Any, seconds: float) -> None:
+        """A request not timed step by step took ``seconds``."""
+        if seconds > self.block:
+            connection = self.connection_of(send)
+            if connection is not None:
+                self.suspects.add(connection)
+
+    def stepped(self, connection: Any, seconds: float, longest_step: float) -> None:
+        """A request of a watched connection took ``seconds``, its longest step
+        ``longest_step``."""
+        self.suspects.discard(connection)
+        was = connection in self.marked
+        if connection.is_closing():  # forget() has been or will be called
+            self.marked.discard(connection)
+        elif longest_step > self.block:
+            self.marked.add(connection)
+        else:
+            self.marked.discard(connection)
+            if seconds > self.block:
+                self.suspects.add(connection)
+        if was != (connection in self.marked):
             self.on_change()

@@ -40,14 +40,11 @@ from pmx.worker.metrics import PROBE_EXTENSION
 
 
 class _NotifyingSet(set):  # type: ignore[type-arg]
-    """A set that calls back on add/discard, so load changes are seen as they happen;
-    ``on_discard`` first hears of what was discarded."""
+    """A set that calls back on add/discard, so load changes are seen as they happen."""
 
-    def __init__(self, on_change: Callable[[], None],
-                 on_discard: Callable[[Any], None] = lambda item: None) -> None:
+    def __init__(self, on_change: Callable[[], None]) -> None:
         super().__init__()
         self.on_change = on_change
-        self.on_discard = on_discard
 
     def add(self, item: Any) -> None:
         super().add(item)
@@ -55,7 +52,21 @@ class _NotifyingSet(set):  # type: ignore[type-arg]
 
     def discard(self, item: Any) -> None:
         super().discard(item)
-        self.on_discard(item)
+        self.on_change()
+
+
+class _Connections(_NotifyingSet):
+    """The open connections (protocols); ``on_close`` first hears of each that closes,
+    as ``connection_of`` names it."""
+
+    def __init__(self, on_change: Callable[[], None],
+                 on_close: Callable[[object], None]) -> None:
+        super().__init__(on_change)
+        self.on_close = on_close
+
+    def discard(self, item: Any) -> None:
+        set.discard(self, item)
+        self.on_close(getattr(item, "transport", None))
         self.on_change()
 
 
@@ -66,10 +77,6 @@ def connection_of(send: Any) -> object | None:
     if transport is None or transport.is_closing():
         return None
     return transport
-
-
-def _transport_of(protocol: Any) -> object | None:
-    return getattr(protocol, "transport", None)
 
 
 def log_config(worker_id: int, tag: bool = True) -> dict[str, Any]:
@@ -122,11 +129,8 @@ class UvicornBridge:
         self.server = uvicorn.Server(self.uv_config)
         self.server.servers = []
         state = self.server.server_state
-        if on_close is None:
-            state.connections = _NotifyingSet(on_change)
-        else:
-            state.connections = _NotifyingSet(
-                on_change, lambda protocol: on_close(_transport_of(protocol)))
+        state.connections = (_NotifyingSet(on_change) if on_close is None
+                             else _Connections(on_change, on_close))
         state.tasks = _NotifyingSet(on_change)
         self.received = 0
         self._family: int | None = None

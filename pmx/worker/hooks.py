@@ -9,9 +9,10 @@ connections whose requests block the loop (pmx.worker.blocks).
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
-from pmx.worker.blocks import BlockWatch
+from pmx.worker.blocks import BlockWatch, Stepped
 
 _CLOSE = (b"connection", b"close")
 
@@ -35,9 +36,23 @@ class RequestHooks:
                     await send(message)
 
                 respond = closing
-            if self.blocks is None:
+            blocks = self.blocks
+            if blocks is None:
                 await app(scope, receive, respond)
-            else:
-                await self.blocks.run(app(scope, receive, respond), send)
+                return
+            # Inline, not a coroutine of BlockWatch's: this is every request's path.
+            connection = blocks.watched(send)
+            started = perf_counter()
+            if connection is None:
+                try:
+                    await app(scope, receive, respond)
+                finally:
+                    blocks.took(send, perf_counter() - started)
+                return
+            stepped = Stepped(app(scope, receive, respond))
+            try:
+                await stepped
+            finally:
+                blocks.stepped(connection, perf_counter() - started, stepped.longest)
 
         return hooked
