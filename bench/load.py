@@ -202,4 +202,4 @@ def connection_burst(port: int, n: int, path: str = "/fast",
             counts[pid] = counts.get(pid, 0) + 1
     failed = sum(1 for pid in pids if not pid)
     return {"connections": n, "pids": counts, "failed": failed, "requests": n - failed,
-            "seconds": seconds}
+            "burst_seconds": seconds}

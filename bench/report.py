@@ -103,8 +103,12 @@ def families_section(res: Results) -> list[str]:
         number += 1
         out.append(f"### {number}. {title} (`{family}`)\n")
         for s in scenarios:
-            clients = "; ".join(f"at {n} workers: {_clients(s, n)}" for n in _workers(res, s))
-            out.append(f"`{s.name}`: {s.about}. Clients {clients}.\n")
+            per = {n: _clients(s, n) for n in _workers(res, s)}
+            if len(set(per.values())) == 1:
+                clients = next(iter(per.values()))
+            else:
+                clients = "; ".join(f"at {n} workers, {text}" for n, text in per.items())
+            out.append(f"`{s.name}`: {s.about}. Clients: {clients}.\n")
         out.append(family_table(res, scenarios))
         out.append("")
         failures = _failures(res, scenarios)
@@ -151,6 +155,8 @@ def targets_section(res: Results) -> list[str]:
 def interference_section(res: Results) -> list[str]:
     rows = []
     for scenario in res.scenarios:
+        if scenario.kind == "connections":
+            continue  # a burst is too short to tell
         cells = []
         for n in res.cfg.workers:
             records: list[Record] = [r for rs in res.runs.get(scenario.name, {})
@@ -164,7 +170,7 @@ def interference_section(res: Results) -> list[str]:
     return ["## CPU used outside the benchmark\n",
             "Per scenario, the measurement (any server, any repeat) during which other "
             "processes used the most CPU: cores used elsewhere / of which stolen by the "
-            "hypervisor.\n",
+            "hypervisor (the connection bursts of `spread` are too short to tell).\n",
             table(["scenario", *[f"{n} workers" for n in res.cfg.workers]], rows), ""]
 
 
