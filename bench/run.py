@@ -206,7 +206,7 @@ def main(argv: list[str]) -> int:
     res = Results(cfg, chosen, skipped, scenarios, runs={}, info=machine(),
                   argv=["bench/run.py", *argv], daemon_workers=min(cfg.workers))
     policies = [s.pmx_policy for s in chosen if s.pmx_policy]
-    default = next((s.pmx_policy for s in chosen if s.default), policies[0] if policies else "")
+    default = policies[0] if policies else ""  # servers() lists the default policy first
     try:
         res.runs = measure_matrix(cfg, chosen, scenarios, results)
         res.churn, res.status = run_daemon_scenarios(cfg, res.daemon_workers, policies,

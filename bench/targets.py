@@ -38,6 +38,11 @@ def _times(v: float) -> str:
     return "∞×" if v == math.inf else f"{v:.2f}×"
 
 
+def _count_or(why: str) -> Callable[[float], str]:
+    """A count, or ``why`` in place of NaN (the run did not do what was measured)."""
+    return lambda v: why if v != v else f"{v:,.0f}"
+
+
 def threshold(target: Target) -> str:
     sign = {">=": "≥", "<=": "≤", "==": "="}[target.op]
     if target.relative:
@@ -130,9 +135,7 @@ def daemon_rows(churn: Churn, status: dict[str, Any] | None, runs: Runs, default
     for kind, what, why in (("reload", "failed requests through reload", "a reload failed"),
                             ("memory", "failed requests through memory restarts",
                              "no restart happened")):
-        value = failed(kind)
-        rows.append((what, "= 0", verdict(value, "==", 0,
-                                          lambda v, why=why: why if v != v else f"{v:,.0f}")))
+        rows.append((what, "= 0", verdict(failed(kind), "==", 0, _count_or(why))))
     rss = [r["master_rss"] for per in runs.values() for by in per.values()
            for r in by.get(default.key, []) if r.get("master_rss")]
     rss += [r["master_rss"] for r in churn.get("reload", {}).get(policy, [])

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi_typing import Environ, StartResponse
 
 SLOW_SECONDS = 0.050
 
 
-def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "")
     status = "200 OK"
     if path == "/fast":
@@ -44,7 +44,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     ]
     echo = environ.get("HTTP_X_ECHO")
     if echo is not None:
-        headers.append(("x-echo", echo))
+        headers.append(("x-echo", str(echo)))
     start_response(status, headers)
     return [body]
 
