@@ -75,6 +75,16 @@ def established(pids: Iterable[int], port: int) -> int:
     return count
 
 
+def listen_queue(port: int) -> int:
+    """Connections waiting in the kernel for the master to accept them."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no listening socket on port {port}")
+
+
 class Hold:
     """A request to /hold: it blocks its worker's loop from ``started()`` until
     ``release()``."""

@@ -261,17 +261,25 @@ def test_least_busy_is_not_fooled_by_the_jitter_of_one_stamp():
     assert policy.pick(candidates).id == 1
 
 
-def test_least_busy_all_stuck_goes_to_the_least_stuck_then_by_load():
+def test_least_busy_waits_while_every_loop_is_stuck():
     policy = make_policy("least-busy")
-    # 40 ms stuck (a blocking call) against 4 ms (preempted): the shorter stall first,
-    # even with more connections.
-    candidates = [Worker(id=0, load=1, inflight=1, stuck=0.040),
-                  Worker(id=1, load=9, inflight=1, stuck=0.004)]
-    assert policy.pick(candidates).id == 1
-    # Stuck about as long (the same power of two of STUCK): by load.
-    candidates = [Worker(id=0, load=1, inflight=1, stuck=0.0045),
-                  Worker(id=1, load=9, inflight=1, stuck=0.004)]
-    assert policy.pick(candidates).id == 0
+    stuck = [Worker(id=0, load=1, inflight=1, stuck=0.040),
+             Worker(id=1, load=9, inflight=1, stuck=0.004)]
+    assert policy.waits(policy.ranks(stuck, 0.0))
+    # One loop turns again (or one that never blocked holds a connection that does):
+    # no waiting, and it gets the connections.
+    for turning in (Worker(id=1, load=9, inflight=1, stuck=0.001),
+                    Worker(id=1, load=9, blockers=1)):
+        candidates = [stuck[0], turning]
+        assert not policy.waits(policy.ranks(candidates, 0.0))
+        assert policy.spread(candidates, 5) == [0, 5]
+
+
+@pytest.mark.parametrize("name", ["round-robin", "least-conn"])
+def test_other_policies_never_wait(name):
+    policy = make_policy(name)
+    stuck = [Worker(id=0, inflight=1, stuck=1.0), Worker(id=1, inflight=1, stuck=1.0)]
+    assert not policy.waits(policy.ranks(stuck, 0.0))
 
 
 def test_least_busy_keeps_away_from_a_connection_that_blocks():

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import Hold, get, wait_for
+from tests.conftest import Hold, get, listen_queue, wait_for
 
 
 def open_on_worker(port: int) -> tuple[http.client.HTTPConnection, str]:
@@ -56,6 +56,29 @@ def test_least_busy_steers_around_a_blocked_worker(pmx_run, tmp_path):
         blocked = hold.release()
     assert blocked not in served
     assert len(set(served)) == 1
+
+
+def test_least_busy_holds_connections_back_while_every_loop_is_stuck(pmx_run, tmp_path):
+    """Both workers blocked: a new connection stays in the kernel's backlog, as it would
+    for workers that accept themselves, and goes to the first loop that frees, even the
+    one blocked the longest (which a guess would have ruled out)."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
+    run.wait_serving(2)
+    first = Hold(run.port, tmp_path / "first")
+    second = Hold(run.port, tmp_path / "second")
+    try:
+        # Both loops stuck for longer than least-busy's STUCK (3 ms) by a wide margin.
+        wait_for(lambda: time.monotonic() > second.started + 0.05, 5, "both blocks to last")
+        sock = socket.create_connection(("127.0.0.1", run.port), timeout=20)
+        sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        with sock:
+            wait_for(lambda: listen_queue(run.port) == 1, 5, "the connection to wait")
+            first_pid = first.release()
+            assert read_pid(sock) == int(first_pid)  # while the second still blocks
+            assert second.thread.is_alive()
+    finally:
+        second.release()
+        first.release()
 
 
 def test_least_busy_does_not_avoid_a_worker_for_a_block_that_is_over(pmx_run, tmp_path):

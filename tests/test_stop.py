@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from tests.conftest import Hold, get, group_alive, wait_for
+from tests.conftest import Hold, get, group_alive, listen_queue, wait_for
 
 
 def slow_request_in_flight(run, ms: int) -> dict:
@@ -78,20 +78,11 @@ def test_unix_socket_bind(pmx_run, tmp_path):
     assert not path.exists()
 
 
-def listen_queue(port: int) -> int:
-    """Connections waiting in the kernel for the master to accept them."""
-    with open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
-                return int(fields[4].split(":")[1], 16)
-    raise AssertionError(f"no listening socket on port {port}")
-
-
 def test_stop_serves_connections_still_queued_in_the_channel(pmx_run, tmp_path):
     """One worker, its loop blocked: the master hands it five more connections, which
-    wait unread in its channel. SIGTERM then; every one of them is answered."""
-    run = pmx_run("tests.apps.plain:app", "-i", "1")
+    wait unread in its channel (least-conn: least-busy would leave them in the kernel's
+    backlog). SIGTERM then; every one of them is answered."""
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--balance", "least-conn")
     run.wait_serving(1)
     results: list = []
 

@@ -6,10 +6,13 @@ and at its own memory of past picks. No sockets; the time comes in as a number, 
 policy is unit-tested with plain values. Candidates always come in the same (worker id)
 order, and ties go round robin from a cursor, so an idle pool is spread evenly.
 
-``pick(candidates, now)`` chooses one worker for one connection. ``spread(candidates,
-n, now)`` shares out a batch of ``n`` connections accepted together: it returns how many
-each candidate gets, exactly what ``n`` successive picks would give if every pick
-counted its connection into the chosen worker's load, but reading each worker once.
+The dispatcher asks a policy for the candidates' ``ranks`` once per readiness of the
+listening socket. If the policy ``waits`` (no worker can take a connection now), it
+accepts nothing and asks again a millisecond later: the connections wait in the
+kernel's backlog, as they would for workers that accept themselves. Otherwise it
+accepts the batch and ``share(ranks, n)`` says how many of the ``n`` connections each
+candidate gets: exactly what ``n`` successive picks would give if every pick counted
+its connection into the chosen worker's load. ``pick`` and ``spread`` do both steps.
 
 least-busy, the default
 -----------------------
@@ -23,10 +26,12 @@ each worker by, in order:
    least every millisecond (its heartbeat) while its loop turns, and a handed-off fd is
    read within microseconds by a loop that turns. A worker whose stamp is older than
    ``STUCK`` with requests in flight, or with an fd unread for longer than ``STUCK``,
-   is stuck: in a synchronous call, a CPU-bound view, frozen, or off the CPU. Stuck
-   workers come last, the least stuck first (in powers of two of ``STUCK``: a loop
-   stuck for 40 ms is likely to stay stuck longer than one preempted for 4 ms, the
-   "as long again" rule for heavy-tailed durations; within a power, by load).
+   is stuck: in a synchronous call, a CPU-bound view, frozen, or off the CPU. A stuck
+   worker gets no connection. When every worker is stuck, least-busy *waits*: which
+   loop frees first cannot be known (a loop stuck for 40 ms in a 50 ms call frees
+   before one stuck for 4 ms; for heavy-tailed durations it is the other way round),
+   so the connections stay in the kernel's backlog until one loop turns, and go to it.
+   That is the kernel's own pull, at a millisecond's resolution.
 2. **Does it hold a connection that blocks?** The worker marks an open connection whose
    last request held its loop for over ``STUCK`` in one go (``pmx.worker.blocks``); the
    mark goes when the connection closes or its next request does not block. A kept-alive
@@ -41,13 +46,12 @@ each worker by, in order:
 Nothing in the rank decays or is tuned to a workload: each part is a fact about the
 worker at the moment of the pick, and each rule says why it predicts a wait.
 
-To add a policy, write one class with a ``name``, a ``pick`` and a ``spread`` and list
-it in ``POLICIES``.
+To add a policy, write one class with a ``name``, ``ranks`` and ``share`` (and
+``waits`` if it ever holds connections back) and list it in ``POLICIES``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -79,12 +83,42 @@ C = TypeVar("C", bound=Candidate)
 class Policy(Protocol):
     name: str
 
+    def ranks(self, candidates: Sequence[C], now: float) -> list[Any]: ...
+
+    def waits(self, ranks: list[Any]) -> bool: ...
+
+    def share(self, ranks: list[Any], count: int) -> list[int]: ...
+
     def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None: ...
 
     def spread(self, candidates: Sequence[C], count: int, now: float = 0.0) -> list[int]: ...
 
 
-class RoundRobin:
+class _Base:
+    """``pick`` and ``spread`` from ``ranks`` and ``share``; nobody waits."""
+
+    name = ""
+
+    def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
+        raise NotImplementedError
+
+    def share(self, ranks: list[Any], count: int) -> list[int]:
+        raise NotImplementedError
+
+    def waits(self, ranks: list[Any]) -> bool:
+        return False
+
+    def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None:
+        if not candidates:
+            return None
+        counts = self.share(self.ranks(candidates, now), 1)
+        return candidates[counts.index(1)]
+
+    def spread(self, candidates: Sequence[C], count: int, now: float = 0.0) -> list[int]:
+        return self.share(self.ranks(candidates, now), count)
+
+
+class RoundRobin(_Base):
     """Each candidate in turn, whatever its load."""
 
     name = "round-robin"
@@ -92,15 +126,11 @@ class RoundRobin:
     def __init__(self) -> None:
         self.cursor = 0
 
-    def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None:
-        if not candidates:
-            return None
-        index = self.cursor % len(candidates)
-        self.cursor = index + 1
-        return candidates[index]
+    def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
+        return [None] * len(candidates)
 
-    def spread(self, candidates: Sequence[C], count: int, now: float = 0.0) -> list[int]:
-        size = len(candidates)
+    def share(self, ranks: list[Any], count: int) -> list[int]:
+        size = len(ranks)
         if not size:
             return []
         share, extra = divmod(count, size)
@@ -112,13 +142,11 @@ class RoundRobin:
         return counts
 
 
-class _Least:
+class _Least(_Base):
     """The candidate with the lowest rank; ties go round robin from the cursor.
 
     A subclass says how to rank a candidate (``rank``) and how a rank changes when the
     candidate is handed one more connection (``bump``)."""
-
-    name = ""
 
     def __init__(self) -> None:
         self.cursor = 0
@@ -128,18 +156,15 @@ class _Least:
 
     bump: Callable[[Any], Any]
 
-    def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None:
-        if not candidates:
-            return None
-        index = self._lowest([self.rank(candidate, now) for candidate in candidates])
-        self.cursor = index + 1
-        return candidates[index]
+    def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
+        rank = self.rank
+        return [rank(candidate, now) for candidate in candidates]
 
-    def spread(self, candidates: Sequence[C], count: int, now: float = 0.0) -> list[int]:
-        if not candidates:
-            return []
-        ranks = [self.rank(candidate, now) for candidate in candidates]
-        counts = [0] * len(candidates)
+    def share(self, ranks: list[Any], count: int) -> list[int]:
+        ranks = list(ranks)
+        counts = [0] * len(ranks)
+        if not ranks:
+            return counts
         bump = self.bump
         for _ in range(count):
             index = self._lowest(ranks)
@@ -173,30 +198,36 @@ class LeastConnections(_Least):
         return rank + 1
 
 
-# least-busy's rank: (class, how stuck, load, requests in flight). Classes:
+# least-busy's rank: (class, load, requests in flight). Classes:
 TURNING, BLOCKER, STUCK_NOW = 0, 1, 2
 
 
-def busy_rank(s: Snapshot) -> tuple[int, int, int, int]:
+def busy_rank(s: Snapshot) -> tuple[int, int, int]:
     """least-busy's rank of one worker (the module docstring says why)."""
     if s.stuck > STUCK:
-        return (STUCK_NOW, int(math.log2(s.stuck / STUCK)), s.load, s.inflight)
-    return (BLOCKER if s.blockers else TURNING, 0, s.load, s.inflight)
+        kind = STUCK_NOW
+    else:
+        kind = BLOCKER if s.blockers else TURNING
+    return (kind, s.load, s.inflight)
 
 
 class LeastBusy(_Least):
     """Loops turning now first, then workers without a connection that blocks, then
-    fewest connections, then fewest requests in flight (see the module docstring)."""
+    fewest connections, then fewest requests in flight; none while every loop is stuck
+    (see the module docstring)."""
 
     name = "least-busy"
 
-    def rank(self, candidate: Any, now: float) -> tuple[int, int, int, int]:
+    def rank(self, candidate: Any, now: float) -> tuple[int, int, int]:
         return busy_rank(candidate.snapshot(now))
 
+    def waits(self, ranks: list[Any]) -> bool:
+        return all(rank[0] == STUCK_NOW for rank in ranks)
+
     @staticmethod
-    def bump(rank: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-        kind, stuck, load, inflight = rank
-        return (kind, stuck, load + 1, inflight)
+    def bump(rank: tuple[int, int, int]) -> tuple[int, int, int]:
+        kind, load, inflight = rank
+        return (kind, load + 1, inflight)
 
 
 Policy_ = RoundRobin | LeastConnections | LeastBusy

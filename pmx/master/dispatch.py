@@ -7,8 +7,14 @@ Every fd it accepts is sent to a worker or closed within the same callback: the 
 never keeps a connection and never reads from one.
 
 Accepting is batched: up to ACCEPT_BATCH connections per readiness callback are accepted
-first, then shared out by the policy in one go (``spread``) and sent as one message per
+first, then shared out by the policy in one go (``share``) and sent as one message per
 worker (several fds in one SCM_RIGHTS).
+
+Before accepting, the policy ranks the workers; if it ``waits`` (least-busy: every
+worker's loop is stuck), nothing is accepted: the watch on the socket is paused and the
+ranks are read again every WAIT_POLL seconds until one worker can take connections.
+Meanwhile connections wait in the kernel's backlog, where they would wait for workers
+that accept themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pmx.master.workers import Worker
 log = logging.getLogger("pmx.master")
 
 ACCEPT_BATCH = 64
+WAIT_POLL = 0.001  # seconds between two looks at the workers while the policy waits
 
 
 class Dispatcher:
@@ -36,6 +43,7 @@ class Dispatcher:
         self.rotation: list[Worker] = []
         self.accepting = False
         self.closed = False
+        self.waiting: asyncio.TimerHandle | None = None  # the next look while waiting
 
     def add(self, worker: Worker) -> None:
         self.rotation.append(worker)
@@ -49,11 +57,13 @@ class Dispatcher:
                 self.pause()
 
     def _watch(self) -> None:
+        self._stop_waiting()
         if not self.accepting and self.rotation and not self.closed:
             asyncio.get_running_loop().add_reader(self.listener.fileno(), self._on_accept)
             self.accepting = True
 
     def pause(self) -> None:
+        self._stop_waiting()
         if self.accepting:
             asyncio.get_running_loop().remove_reader(self.listener.fileno())
             self.accepting = False
@@ -63,7 +73,32 @@ class Dispatcher:
         self.pause()
         self.closed = True
 
+    def _wait(self) -> None:
+        """No worker can take a connection now: look again in WAIT_POLL seconds."""
+        self.pause()
+        self.waiting = asyncio.get_running_loop().call_later(WAIT_POLL, self._look_again)
+
+    def _look_again(self) -> None:
+        self.waiting = None
+        if self.closed or not self.rotation:
+            return
+        if self.policy.waits(self.policy.ranks(self.rotation, time.monotonic())):
+            self.waiting = asyncio.get_running_loop().call_later(WAIT_POLL, self._look_again)
+        else:
+            self._watch()
+
+    def _stop_waiting(self) -> None:
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
+
     def _on_accept(self) -> None:
+        rotation = self.rotation
+        now = time.monotonic()
+        ranks = self.policy.ranks(rotation, now)
+        if self.policy.waits(ranks):
+            self._wait()
+            return
         accept = self.listener._accept  # type: ignore[attr-defined]  # (fd, addr): no socket object
         fds: list[int] = []
         for _ in range(ACCEPT_BATCH):
@@ -79,9 +114,7 @@ class Dispatcher:
         if not fds:
             return
         try:
-            rotation = self.rotation
-            now = time.monotonic()
-            counts = self.policy.spread(rotation, len(fds), now)
+            counts = self.policy.share(ranks, len(fds))
             first = 0
             for worker, count in zip(rotation, counts, strict=True):
                 if count:
