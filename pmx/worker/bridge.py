@@ -139,9 +139,9 @@ class UvicornBridge:
         self.server = uvicorn.Server(self.uv_config)
         self.server.servers = []
         state = self.server.server_state
-        state.connections = (_NotifyingSet(on_change) if on_close is None
-                             else _Connections(on_change, on_close))
-        state.tasks = _NotifyingSet(on_change)
+        self._sets = (_NotifyingSet(on_change) if on_close is None
+                      else _Connections(on_change, on_close)), _NotifyingSet(on_change)
+        state.connections, state.tasks = self._sets
         self.received = 0
         self._handed: type[socket.socket] | None = None  # see adopt()
         self._family = socket.AF_INET
@@ -226,6 +226,11 @@ class UvicornBridge:
             _loop=self.loop,
         )
 
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a connection or request comes or goes."""
+        for notifying in self._sets:
+            notifying.on_change = callback
+
     def load(self) -> Load:
         return Load(*self.counters())
 
@@ -233,9 +238,6 @@ class UvicornBridge:
         """``load()`` as a plain tuple, for the per-request hot path."""
         state = self.server.server_state
         return self.received, len(state.connections), len(state.tasks), state.total_requests
-
-    def inflight(self) -> int:
-        return len(self.server.server_state.tasks)
 
     def fresh_connections(self) -> int:
         """Connections that have not yet sent their first request."""

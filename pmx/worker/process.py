@@ -57,6 +57,7 @@ class WorkerServer:
         self.beat: asyncio.TimerHandle | None = None
         self.shown_busy = False  # the slot last said: requests in flight
         self.blocks: BlockWatch | None = None  # least-busy: connections that block
+        self.tasks = bridge.server.server_state.tasks  # requests in flight
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -156,7 +157,7 @@ class WorkerServer:
         a synchronous call, which stops stamping, and a loop serving request after
         request does not write the slot twice per request.
         """
-        busy = self.bridge.inflight() > 0
+        busy = len(self.tasks) > 0
         if busy and self.shown_busy and self.beat is not None:
             return  # the heartbeat publishes within HEARTBEAT
         self.publish()
@@ -165,7 +166,7 @@ class WorkerServer:
 
     def _beat(self) -> None:
         self.beat = None
-        if self.bridge.inflight():
+        if self.tasks:
             self.publish()
             self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
 
@@ -245,24 +246,22 @@ def main() -> None:
     except BaseException as exc:  # the app's own import-time exception, with its traceback
         fail(format_exception(exc))
 
-    server: WorkerServer | None = None
     live = bool(hello.get("live_load"))
-
-    def changed() -> None:
-        # Without a load-aware policy the ticker publishes ten times a second, for
-        # status and metrics; with one, every change (WorkerServer.changed).
-        if live and server is not None:
-            server.changed()
-
     metrics = RequestMetrics() if config.admin else None
     if metrics is not None:
         app = instrument(app, metrics)
-    blocks = BlockWatch(connection_of, changed) if hello.get("watch_blocks") else None
+    blocks = BlockWatch(connection_of) if hello.get("watch_blocks") else None
     hooks = RequestHooks(blocks)
     app = hooks.wrap(app)
-    bridge = UvicornBridge(config, app, worker_id, changed, tag_logs=not hello.get("log_prefix"),
+    bridge = UvicornBridge(config, app, worker_id, tag_logs=not hello.get("log_prefix"),
                            on_close=blocks.forget if blocks is not None else None)
     server = WorkerServer(chan, bridge, LoadSlot(int(sys.argv[2])))
+    if live:
+        # Every change is published (WorkerServer.changed). Without a load-aware policy
+        # the ticker publishes ten times a second, for status and metrics.
+        bridge.on_change(server.changed)
+        if blocks is not None:
+            blocks.on_change = server.changed
     server.live = live
     server.metrics = metrics
     server.hooks = hooks
