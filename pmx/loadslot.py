@@ -5,7 +5,8 @@ picks a worker for a connection. No message, no system call on either side, and 
 master's view is never behind: this is what lets a load-aware policy cost nothing on
 keep-alive traffic and see a stalled event loop the moment it stalls.
 
-Layout (native order, 8-byte fields): fds received, open connections, requests in
+Layout (native order, 8-byte fields): fds taken in (each now an open connection, or
+dropped if it failed before opening; pmx.worker.bridge), open connections, requests in
 flight, requests served, open connections whose last request blocked the loop
 (pmx.worker.blocks), and ``active_at``: ``time.monotonic()`` when the worker last made
 progress (adopted a connection, started or finished a request, or its heartbeat ran

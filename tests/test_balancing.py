@@ -196,3 +196,34 @@ def test_least_busy_does_not_take_a_long_poll_for_a_stall(pmx_run):
         conn.close()
     poller.join(10)
     assert len(workers) == 2, f"all 8 went to worker {workers}"
+
+
+@pytest.mark.parametrize("policy", ["least-busy", "least-conn"])
+def test_connections_opened_at_once_right_after_start_spread_exactly(pmx_run, policy):
+    """64 keep-alive connections opened together on a fresh server (no warm-up): every
+    one of the 4 workers holds 16, whatever order they are accepted in."""
+    run = pmx_run("tests.apps.plain:app", "-i", "4", "--balance", policy)
+    run.wait_serving(4)
+    wait_for(lambda: run.holds_connections() == 0, 5, "the readiness check's connection to close")
+    socks = [socket.create_connection(("127.0.0.1", run.port), timeout=20) for _ in range(64)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        pids = Counter(read_kept_alive_pid(sock) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert sorted(pids.values()) == [16, 16, 16, 16]
+
+
+def read_kept_alive_pid(sock: socket.socket) -> int:
+    """The body of one response on a kept-alive connection (the app sends a length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return int(body)

@@ -7,7 +7,7 @@ import pytest
 
 from pmx.loadslot import LoadSlot
 from pmx.master.balancer import Snapshot
-from pmx.master.workers import IDLE_STUCK, Worker
+from pmx.master.workers import IDLE_STUCK, UNREAD_STUCK, Worker
 
 
 @pytest.fixture
@@ -38,15 +38,17 @@ def test_a_busy_worker_is_stuck_for_as_long_as_it_has_not_stamped(worker):
 def test_fds_unread_since_they_were_sent_make_an_idle_worker_stuck(worker):
     at = stamp(worker)
     worker.handed(2, at + 0.010)
-    worker.handed(1, at + 0.015)
+    worker.handed(1, at + 0.050)
+    # Unread for less than UNREAD_STUCK: waiting for a CPU, most likely.
+    assert worker.snapshot(at + 0.010 + UNREAD_STUCK * 0.9) == Snapshot(3, 0, 0.0, 0)
     # Nothing read: stuck since the first hand-off.
-    assert worker.snapshot(at + 0.020) == Snapshot(3, 0, pytest.approx(0.010), 0)
+    assert worker.snapshot(at + 0.100) == Snapshot(3, 0, pytest.approx(0.090), 0)
     # The first two read (and open): stuck since the second hand-off only.
     stamp(worker, received=2, connections=2)
-    assert worker.snapshot(at + 0.020) == Snapshot(3, 0, pytest.approx(0.005), 0)
+    assert worker.snapshot(at + 0.100) == Snapshot(3, 0, pytest.approx(0.050), 0)
     # All read: not stuck, and nothing left to remember.
     stamp(worker, received=3, connections=3)
-    assert worker.snapshot(at + 0.020) == Snapshot(3, 0, 0.0, 0)
+    assert worker.snapshot(at + 0.100) == Snapshot(3, 0, 0.0, 0)
     assert not worker.handoffs
 
 

@@ -23,10 +23,10 @@ it must not use the past except where the past predicts the future. least-busy r
 each worker by, in order:
 
 1. **Is its loop stuck now?** A worker with requests in flight stamps its load slot at
-   least every millisecond (its heartbeat) while its loop turns, and a handed-off fd is
-   read within microseconds by a loop that turns. A worker whose stamp is older than
-   ``STUCK`` with requests in flight, or with an fd unread for longer than ``STUCK``,
-   is stuck: in a synchronous call, a CPU-bound view, frozen, or off the CPU. A stuck
+   least every millisecond (its heartbeat) while its loop turns, and an idle one every
+   100 ms. A worker whose stamp is older than ``STUCK`` with requests in flight (or,
+   idle, older than 250 ms, or with an fd unread for 25 ms: ``Worker.snapshot``) is
+   stuck: in a synchronous call, a CPU-bound view, frozen, or off the CPU. A stuck
    worker gets no connection. When every worker is stuck, least-busy *waits*: which
    loop frees first cannot be known (a loop stuck for 40 ms in a 50 ms call frees
    before one stuck for 4 ms; for heavy-tailed durations it is the other way round),

@@ -25,6 +25,13 @@ log = logging.getLogger("pmx.master")
 # An idle worker stamps its slot every 0.1 s (pmx.worker.process TICK); one whose stamp
 # is older than this (seconds) is not turning: frozen, or stuck outside any request.
 IDLE_STUCK = 0.25
+# An fd unread for longer than this (seconds) means the loop is stuck. A loop with a
+# request in flight shows a stall within STUCK by its missed heartbeats; one without
+# has nothing that can hold it, and an fd it has not read yet mostly waits for the
+# kernel to give the process a CPU, which under load takes a few milliseconds (the
+# scheduler's period is 6 to 24 ms). Skipping it for that would unbalance a burst of
+# long-lived connections for a wait that short.
+UNREAD_STUCK = 0.025
 
 
 class WorkerState(enum.Enum):
@@ -103,8 +110,8 @@ class Worker:
 
         Stuck: with requests in flight, the time since its last stamp (a turning loop
         stamps every HEARTBEAT); idle, the time since its last stamp past IDLE_STUCK
-        (it stamps every TICK); with fds unread in the channel, the time since the
-        oldest of them was sent (a turning loop reads them at once)."""
+        (it stamps every TICK); with an fd unread in the channel for over UNREAD_STUCK,
+        the time since it was sent."""
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0)
         received, connections, inflight, _requests, blockers, active_at = self.slot.raw()
@@ -114,7 +121,7 @@ class Worker:
         handoffs = self.handoffs
         while handoffs and handoffs[0][0] <= received:
             handoffs.popleft()
-        if handoffs and now - handoffs[0][1] > stuck:
+        if handoffs and now - handoffs[0][1] > UNREAD_STUCK and now - handoffs[0][1] > stuck:
             stuck = now - handoffs[0][1]
         return Snapshot(self.sent - received + connections, inflight, stuck, blockers)
 

@@ -56,13 +56,19 @@ class _NotifyingSet(set):  # type: ignore[type-arg]
 
 
 class _Connections(_NotifyingSet):
-    """The open connections (protocols); ``on_close`` first hears of each that closes,
-    as ``connection_of`` names it."""
+    """The open connections (protocols), and ``added``: how many were ever opened.
+    ``on_close`` first hears of each that closes, as ``connection_of`` names it."""
 
     def __init__(self, on_change: Callable[[], None],
-                 on_close: Callable[[object], None]) -> None:
+                 on_close: Callable[[object], None] = lambda connection: None) -> None:
         super().__init__(on_change)
         self.on_close = on_close
+        self.added = 0
+
+    def add(self, item: Any) -> None:
+        set.add(self, item)
+        self.added += 1
+        self.on_change()
 
     def discard(self, item: Any) -> None:
         set.discard(self, item)
@@ -139,10 +145,12 @@ class UvicornBridge:
         self.server = uvicorn.Server(self.uv_config)
         self.server.servers = []
         state = self.server.server_state
-        self._sets = (_NotifyingSet(on_change) if on_close is None
-                      else _Connections(on_change, on_close)), _NotifyingSet(on_change)
+        self._connections = (_Connections(on_change) if on_close is None
+                             else _Connections(on_change, on_close))
+        self._sets = self._connections, _NotifyingSet(on_change)
         state.connections, state.tasks = self._sets
-        self.received = 0
+        self.received = 0  # fds handed in
+        self.dropped = 0  # of those, the ones that failed before their connection opened
         self._handed: type[socket.socket] | None = None  # see adopt()
         self._family = socket.AF_INET
         # connect_accepted_socket coroutines not finished yet, and what each awaits
@@ -206,6 +214,7 @@ class UvicornBridge:
             return
         except Exception as exc:
             self._adopting.pop(coro, None)
+            self.dropped += 1
             logging.getLogger("uvicorn.error").warning(
                 "could not serve a handed-off connection: %s", exc
             )
@@ -237,7 +246,12 @@ class UvicornBridge:
     def counters(self) -> tuple[int, int, int, int]:
         """``load()`` as a plain tuple, for the per-request hot path."""
         state = self.server.server_state
-        return self.received, len(state.connections), len(state.tasks), state.total_requests
+        # Taken in: fds now open connections or dropped. Not ``received``: between an fd's
+        # arrival and its connection_made (the next loop iteration) it would count in
+        # neither ``sent - taken`` nor the open connections, and the master would see
+        # the worker's load dip.
+        taken = self._connections.added + self.dropped
+        return taken, len(state.connections), len(state.tasks), state.total_requests
 
     def fresh_connections(self) -> int:
         """Connections that have not yet sent their first request."""
