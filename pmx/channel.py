@@ -6,7 +6,9 @@ Each worker has one socket pair with its master. On Linux it is ``SOCK_SEQPACKET
 
 master -> worker
     ``H`` + JSON   hello: the worker id and the app config (the first message)
-    ``F``          one or more connection fds in SCM_RIGHTS ancillary data
+    ``F`` + u16    N connection fds in SCM_RIGHTS ancillary data. N says how many were
+                   sent: the kernel drops the fds a worker at its limit cannot take,
+                   and the worker counts them lost
     ``S``          stop: no fd follows; serve what you hold, then exit
     ``P`` + u64    health probe number N
 
@@ -48,12 +50,13 @@ METRICS = b"M"
 PROBE = b"P"
 PROBE_REPLY = b"Q"
 
-_FDS_BUFFERS = [FDS]
+_COUNT = struct.Struct("!H")
 MAX_MESSAGE = 256 * 1024
 # What the master sends after the hello is at most 9 bytes; a worker reads with a small
 # buffer (a 256 KiB one per read is a large allocation on its per-connection path).
 MAX_FROM_MASTER = 64
 MAX_FDS = 253  # SCM_MAX_FD on Linux
+_FDS_HEADERS = [[FDS + _COUNT.pack(n)] for n in range(MAX_FDS + 1)]
 _FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 _PROBE = struct.Struct("!Q")
 _REPLY = struct.Struct("!QB")
@@ -98,7 +101,12 @@ _SCM = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 def send_fds(sock: socket.socket, fds: list[int]) -> None:
     """Send up to MAX_FDS descriptors in one message. Raises OSError (EAGAIN...).
     (socket.send_fds, without its per-call array building: this is the hot path.)"""
-    sock.sendmsg(_FDS_BUFFERS, [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
+    sock.sendmsg(_FDS_HEADERS[len(fds)], [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
+
+
+def fds_sent(message: bytes) -> int:
+    """How many fds an ``F`` message carried when it was sent."""
+    return int(_COUNT.unpack_from(message, 1)[0])
 
 
 def pending(sock: socket.socket, size: int = MAX_MESSAGE) -> Iterator[tuple[bytes, list[int]]]:

@@ -135,6 +135,19 @@ class AppConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_child(self) -> dict[str, Any]:
+        """The config as sent to a child process (master, worker) in its first message:
+        without ``env``, whose values the child gets in its environment (``child_env``).
+        A message on a SEQPACKET socket is limited to the socket's buffer (about 200
+        KiB); the environment takes values of up to 128 KiB each."""
+        data = self.to_dict()
+        data["env"] = {}
+        return data
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of a child process: this one's plus ``env``."""
+        return {**os.environ, **self.env}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AppConfig:
         known = {f.name for f in dataclasses.fields(cls)}

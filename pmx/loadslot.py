@@ -8,14 +8,18 @@ keep-alive traffic and see a stalled event loop the moment it stalls.
 Layout (native order, 8-byte fields): fds taken in (each now an open connection, or
 dropped if it failed before opening; pmx.worker.bridge), open connections, requests in
 flight, requests served, open connections whose last request blocked the loop
-(pmx.worker.blocks), and ``active_at``: ``time.monotonic()`` when the worker last made
+(pmx.worker.blocks), whether it is full (at its fd budget: pmx.worker.capacity) and
+``active_at``: ``time.monotonic()`` when the worker last made
 progress (adopted a connection, started or finished a request, or its heartbeat ran
 while requests were in flight). CLOCK_MONOTONIC
 is system-wide, so the master can compare it with its own clock. A write copies the
 packed record over the old one; a reader may see a mix of two writes, which only blurs
 a heuristic for one pick, but never fields that were not written.
 
-The memory is an unlinked temporary file shared by passing its fd to the worker.
+The memory is a memfd (an anonymous file in RAM, Linux), or elsewhere an unlinked
+temporary file, shared by passing its fd to the worker. Not a file in TMPDIR on Linux:
+pages of a sparse file there are allocated on first write, and a full disk turns that
+write into a SIGBUS.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ class Load:
     inflight: int = 0
     requests: int = 0
     blockers: int = 0
+    full: int = 0
 
 
-_LAYOUT = struct.Struct("=QQQQQd")
+_LAYOUT = struct.Struct("=QQQQQQd")
 _SIZE = _LAYOUT.size
 _pack = _LAYOUT.pack
 _monotonic = time.monotonic
@@ -51,21 +56,24 @@ class LoadSlot:
 
     @classmethod
     def create(cls) -> LoadSlot:
-        with tempfile.TemporaryFile() as backing:
-            fd = os.dup(backing.fileno())
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("pmx-load", os.MFD_CLOEXEC)
+        else:
+            with tempfile.TemporaryFile() as backing:
+                fd = os.dup(backing.fileno())
         os.ftruncate(fd, SIZE)
         return cls(fd)
 
     def put(self, received: int, connections: int, inflight: int, requests: int,
-            blockers: int) -> None:
+            blockers: int, full: bool = False) -> None:
         """Write the counters, stamped with the time (the worker's hot path)."""
         # Not pack_into: it zeroes the whole record before filling it in, and a reader
         # in between would see zeros. A slice assignment only ever overwrites bytes.
         self.memory[:_SIZE] = _pack(received, connections, inflight, requests, blockers,
-                                    _monotonic())
+                                    full, _monotonic())
 
-    def raw(self) -> tuple[int, int, int, int, int, float]:
-        """(received, connections, inflight, requests, blockers, active_at)."""
+    def raw(self) -> tuple[int, int, int, int, int, int, float]:
+        """(received, connections, inflight, requests, blockers, full, active_at)."""
         return _LAYOUT.unpack_from(self.memory)  # type: ignore[return-value]
 
     def read(self) -> tuple[Load, float]:

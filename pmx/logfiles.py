@@ -23,6 +23,9 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import IO
+
+from pmx.files import open_private
 
 #: Longest line, in bytes without its timestamp and newline. Longer output (including a
 #: partial line that has not seen its newline yet) is cut into lines of this size, so a
@@ -92,7 +95,7 @@ class RotatingLog:
         self.backups = backups
         self._clock = clock
         self._partial = b""
-        self._fh: io.BufferedWriter | None = None
+        self._fh: IO[bytes] | None = None
         self._ino = (0, 0)
         self._size = 0
         parent = os.path.dirname(path)
@@ -144,7 +147,7 @@ class RotatingLog:
     # -- internals --------------------------------------------------------------------
 
     def _open(self) -> None:
-        fh = open(self.path, "ab")
+        fh = open_private(self.path, "ab")
         st = os.fstat(fh.fileno())
         self._fh = fh
         self._ino = (st.st_dev, st.st_ino)

@@ -11,6 +11,7 @@ import collections
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -185,10 +186,15 @@ def _pgid(pid: int) -> int:
 class PmxRun:
     """A running ``pmx run`` and what the tests ask of it."""
 
-    def __init__(self, args: list[str], port: int, env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], port: int, env: dict[str, str], log: Path,
+                 nofile: int = 0) -> None:
         self.port = port
         self.log_path = log
         self.log_file = open(log, "wb")  # noqa: SIM115
+
+        def limit() -> None:  # in the child: its limit on open files, soft and hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [*PMX, "run", *args],
             cwd=ROOT,
@@ -197,6 +203,7 @@ class PmxRun:
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=limit if nofile else None,
         )
 
     @property
@@ -253,14 +260,14 @@ def pmx_run(tmp_path: Path) -> Iterator[Callable[..., PmxRun]]:
 
     def start(
         *args: str, port: int | None = None, env: dict[str, str] | None = None,
-        bind: str | None = None,
+        bind: str | None = None, nofile: int = 0,
     ) -> PmxRun:
         port = port or free_port()
         full_env = dict(os.environ)
         full_env.update(env or {})
         run = PmxRun(
             [*args, "--bind", bind or f"127.0.0.1:{port}"], port, full_env,
-            tmp_path / f"pmx-{len(started)}.log",
+            tmp_path / f"pmx-{len(started)}.log", nofile,
         )
         started.append(run)
         return run

@@ -58,6 +58,9 @@ def test_health_workers_and_a_live_probe(pmx_run):
     assert status == 200 and json.loads(body)["in_rotation"] == 2
     workers = json.loads(get(admin, "/workers")[1])["workers"]
     assert sorted(w["pid"] for w in workers) == sorted(run.worker_pids())
+    # The second look measures CPU since the first, the master's too.
+    again = json.loads(get(admin, "/workers")[1])
+    assert again["master_cpu"] is not None and all(w["cpu"] is not None for w in again["workers"])
     status, body = get(admin, "/workers/1/health")
     probe = json.loads(body)
     assert status == 200 and probe["probe"] == "pass" and probe["in_rotation"] is True

@@ -91,3 +91,10 @@ def test_long_crash_loop_stays_at_cap():
     backoff = Backoff()
     result = delays(backoff, [0.0] * 2000)
     assert result[-1] == 15.0
+
+
+def test_failed_replacements_are_retried_ever_later():
+    from pmx.master.supervise import retry_backoff
+
+    retry = retry_backoff()
+    assert [retry.on_exit(0.0) for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]

@@ -298,3 +298,69 @@ def test_daemon_survives_sighup(pmx):
     os.kill(pid, signal.SIGHUP)
     assert pmx.app("web")["state"] == "running"
     assert pmx.daemon_pid() == pid and get(port, "/pid")[0] == 200
+
+
+def test_home_and_its_files_are_private_to_the_user(pmx):
+    """Even in a $PMX_HOME that existed with mode 0755 and under a 022 umask, the dump
+    (which holds --env values), the lock and the logs are 0600 in 0700 directories."""
+    import stat
+
+    pmx.home.mkdir(mode=0o755)
+    old_umask = os.umask(0o022)
+    try:
+        pmx.ok("start", PLAIN, "--name", "web", "--bind", f"127.0.0.1:{free_port()}",
+               "--env", "SECRET_TOKEN=s3cret")
+        pmx.ok("save")
+    finally:
+        os.umask(old_umask)
+    assert "s3cret" in (pmx.home / "dump.json").read_text()
+    files = [pmx.home / "dump.json", pmx.home / "daemon.lock", *pmx.home.glob("logs/*.log")]
+    assert len(files) >= 4  # the daemon's log and the app's two
+    modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o600}, modes
+    for directory in (pmx.home, pmx.home / "logs"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_a_large_env_value_goes_through_the_daemon(pmx):
+    """A 70 KB --env value: more than a control line or a control message held."""
+    port = free_port()
+    greeting = "g" * 70_000
+    pmx.ok("start", PLAIN, "--name", "web", "--bind", f"127.0.0.1:{port}",
+           f"--env=GREETING={greeting}")
+    assert json.loads(get(port, "/env")[1])["GREETING"] == greeting
+
+
+def test_a_name_taken_while_an_earlier_app_starts_is_refused_not_orphaned(pmx, tmp_path):
+    """`pmx start FILE` with apps 'slow' then 'late'; while 'slow' boots, another
+    `pmx start` takes the name 'late'. The first request then refuses 'late' instead of
+    starting a second master under a name that is no longer its own."""
+    import subprocess
+
+    flag = tmp_path / "slow-flag"
+    flag.touch()
+    ports = free_port(), free_port(), free_port()
+    config = tmp_path / "pmx.toml"
+    config.write_text(
+        f'[[app]]\nname = "slow"\napp = "tests.apps.slowstart:app"\n'
+        f'bind = "127.0.0.1:{ports[0]}"\napp-dir = "{ROOT}"\n'
+        f'env = {{ SLOW_START_FLAG = "{flag}" }}\n'
+        f'[[app]]\nname = "late"\napp = "{PLAIN}"\nbind = "127.0.0.1:{ports[1]}"\n'
+        f'app-dir = "{ROOT}"\n'
+    )
+    first = subprocess.Popen([*PMX, "start", str(config)], cwd=ROOT, env=pmx.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(a["name"] == "slow" for a in pmx.status()["apps"]), 20,
+                 "the slow app to be starting")
+        pmx.ok("start", PLAIN, "--name", "late", "--bind", f"127.0.0.1:{ports[2]}")
+    finally:
+        flag.unlink()
+    _out, err = first.communicate(timeout=60)
+    assert first.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        "Error: an app named 'late' already exists; use 'pmx restart late' or choose "
+        "another --name.")
+    masters = [p for p in pmx.processes() if "master" in " ".join(p.cmdline())]
+    assert len(masters) == 2  # slow's and the one 'late'; none orphaned
+    assert get(ports[2], "/pid")[0] == 200

@@ -211,3 +211,15 @@ def test_sigttin_and_sigttou_scale_by_one(pmx_run):
     wait_for(lambda: "SIGTTOU ignored" in run.log(), 5, "the master to refuse")
     assert {int(get(run.port, "/pid")[1]) for _ in range(3)} == run.worker_pids()
     assert "scaling tests.apps.plain from 1 to" not in run.log()
+
+
+def test_large_env_values_reach_the_workers(pmx_run):
+    """Three 100 KB --env values: more than one message between master and worker can
+    hold, so they travel in the workers' environment, not in their hello."""
+    big = {f"BIG{i}": chr(ord("a") + i) * 100_000 for i in range(2)}
+    greeting = "g" * 100_000
+    args = [f"--env=GREETING={greeting}", *(f"--env={k}={v}" for k, v in big.items())]
+    run = pmx_run("tests.apps.plain:app", "-i", "2", *args)
+    run.wait_serving(2)
+    env = json.loads(get(run.port, "/env")[1])
+    assert env["GREETING"] == greeting

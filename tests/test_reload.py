@@ -141,3 +141,32 @@ def test_reload_with_a_paced_keep_alive_client(pmx, tmp_path):
         thread.join(10)
     assert failures == []
     assert closes[0] >= 1  # connections to draining workers were closed after a response
+
+
+def worker_ids(admin: int) -> list[tuple[int, str]]:
+    return sorted((w["id"], w["state"]) for w in json.loads(get(admin, "/workers")[1])["workers"])
+
+
+def test_a_worker_killed_while_its_replacement_boots_leaves_one_worker_in_its_slot(
+        pmx_run, tmp_path):
+    """Reload with a slow lifespan startup; the old worker #1 is killed while its
+    replacement boots. The replacement alone fills slot 1: no respawn beside it."""
+    import os
+
+    flag = tmp_path / "slow"
+    admin = free_port()
+    run = pmx_run("tests.apps.slowstart:app", "-i", "2", "--admin", f"127.0.0.1:{admin}",
+                  env={"SLOW_START_FLAG": str(flag)})
+    run.wait_serving(2)
+    old = {w["id"]: w["pid"] for w in json.loads(get(admin, "/workers")[1])["workers"]}
+    flag.touch()  # replacements now boot until the flag goes
+    run.signal(signal.SIGHUP)
+    wait_for(lambda: len(run.worker_pids()) == 3, 10, "the replacement of #1 to start")
+    os.kill(old[1], signal.SIGKILL)
+    wait_for(lambda: f"worker #1 (pid {old[1]}) died" in run.log(), 10, "the master to see it")
+    flag.unlink()
+    wait_for(lambda: "reload of tests.apps.slowstart done" in run.log(), 30, "the reload")
+    wait_for(lambda: worker_ids(admin) == [(1, "ready"), (2, "ready")], 10,
+             "one ready worker in each slot")
+    assert len(run.worker_pids()) == 2
+    assert not set(old.values()) & run.worker_pids()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import select
 import signal
 import socket
 import threading
@@ -132,3 +133,80 @@ def test_stop_answers_a_new_connection_whose_request_comes_late(pmx_run):
     sock.close()
     assert response.startswith(b"HTTP/1.1 200 OK"), response
     assert run.wait_exit(10) == 0
+
+
+def test_a_stop_during_a_recycle_leaves_no_task_pending(pmx_run, tmp_path):
+    """SIGTERM while a worker's replacement is still booting: the replacement is
+    cancelled and awaited, not destroyed pending with the loop."""
+    flag = tmp_path / "slow"
+    run = pmx_run("tests.apps.slowstart:app", "-i", "1", "--max-requests", "5",
+                  "--max-requests-jitter", "0", env={"SLOW_START_FLAG": str(flag)})
+    run.wait_serving(1)
+    flag.touch()  # from now on a worker boots slowly
+    for _ in range(6):
+        get(run.port, "/pid")
+    wait_for(lambda: "replacing worker #1" in run.log(), 10, "the recycle to start")
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(20) == 0
+    assert "Task was destroyed" not in run.log()
+    assert "Traceback" not in run.log()
+
+
+def test_a_master_at_its_fd_limit_pauses_accepting_instead_of_spinning(pmx_run):
+    """With no fd left for the master, accept() fails with EMFILE while the connections
+    wait in the backlog. The master pauses instead of retrying in a loop, says so once,
+    and serves them as soon as it can open fds again."""
+
+    run = pmx_run("tests.apps.plain:app", "-i", "1")
+    run.wait_serving(1)
+    master = psutil.Process(run.pid)
+    _soft, hard = master.rlimit(psutil.RLIMIT_NOFILE)
+    master.rlimit(psutil.RLIMIT_NOFILE, (master.num_fds(), hard))
+    socks = [socket.create_connection(("127.0.0.1", run.port), timeout=20) for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        wait_for(lambda: "accept failed" in run.log(), 10, "the first failed accept")
+        before, started = master.cpu_times(), time.monotonic()
+        wait_for(lambda: time.monotonic() - started > 1.0, 5, "a second of measurement")
+        after = master.cpu_times()
+        busy = (after.user + after.system) - (before.user + before.system)
+        assert busy < 0.3, f"the master spent {busy:.2f} s of CPU in 1 s"
+        assert run.log().count("accept failed") == 1
+        master.rlimit(psutil.RLIMIT_NOFILE, (hard, hard))
+        for sock in socks:
+            assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 200")
+        wait_for(lambda: "accepting again after" in run.log(), 10, "the recovery to be logged")
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_workers_at_their_fd_limit_take_no_more_and_lose_none(pmx_run):
+    """Limit of 200 open files for the whole app, 300 connections held open: each
+    worker takes what its fd budget allows (its limit, less what it had open, less a
+    reserve), then says it is full; the rest wait in the backlog, none is reset, and
+    they are served as soon as connections close."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", nofile=200)
+    run.wait_serving(2)
+    answered: list[socket.socket] = []
+    waiting: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", run.port), timeout=20)
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            (answered if poller.poll(20 if waiting else 500) else waiting).append(sock)
+        assert run.log().count("taking no new connection") == 2  # each worker, once
+        assert 150 < len(answered) < 300 and waiting
+        for sock in answered:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # none reset
+        for sock in answered[: len(waiting) + 10]:
+            sock.close()
+        for sock in waiting:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        assert "lost" not in run.log()
+    finally:
+        for sock in answered + waiting:
+            sock.close()

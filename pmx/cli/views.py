@@ -12,8 +12,10 @@ import click
 
 from pmx.cli.apps import call, print_status
 from pmx.cli.table import format_bytes, format_uptime
+from pmx.config import check_name
 from pmx.daemon import client
 from pmx.daemon.paths import Home
+from pmx.errors import ConfigError
 
 
 @click.command()
@@ -80,6 +82,10 @@ def logs(name: str | None, lines: int, follow: bool, err: bool) -> None:
 
     home = Home.from_env()
     if name:
+        try:
+            check_name(name)  # a log file is named after its app, never a path
+        except ConfigError as exc:
+            raise click.BadParameter(exc.message, param_hint="'NAME'") from None
         names = [name]
         if not home.out_log(name).exists() and not home.err_log(name).exists():
             raise click.ClickException(f"no logs for an app named '{name}' in {home.logs}.")

@@ -121,10 +121,11 @@ class ManagedApp:
                 stdin=subprocess.DEVNULL,
                 stdout=self.pipes[0],
                 stderr=self.pipes[2],
+                env=self.config.child_env(),
             )
         finally:
             theirs.close()
-        ours.send(json.dumps({"config": self.config.to_dict()}).encode())
+        ours.send(json.dumps({"config": self.config.to_child()}).encode())
         ours.setblocking(False)
         self.control = ours
         self.master_started = time.monotonic()

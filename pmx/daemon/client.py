@@ -12,6 +12,7 @@ from typing import Any
 
 from pmx.daemon.paths import Home
 from pmx.errors import BootError, PmxError
+from pmx.files import open_private
 
 
 class DaemonNotRunning(PmxError):
@@ -79,7 +80,7 @@ def ensure_daemon(home: Home, timeout: float = 10.0) -> int:
     if pid is not None:
         return pid
     home.create()
-    with open(home.daemon_log, "ab") as log:
+    with open_private(home.daemon_log, "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "pmx.daemon"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pmx.config import AppConfig, parse_workers
 from pmx.daemon.apps import AppState, ManagedApp
 from pmx.errors import BootError, ConfigError, PmxError
+from pmx.files import write_private
 
 if TYPE_CHECKING:
     from pmx.daemon.server import Daemon
@@ -50,6 +51,18 @@ async def _start(daemon: Daemon, app: ManagedApp) -> None:
         raise BootError(app.error or f"app '{app.config.name}' failed to start.", app.detail)
 
 
+def _check_free(daemon: Daemon, config: AppConfig) -> None:
+    """Raise PmxError if the app's name or address is taken."""
+    if config.name in daemon.apps:
+        raise PmxError(
+            f"an app named '{config.name}' already exists; use "
+            f"'pmx restart {config.name}' or choose another --name."
+        )
+    for other in daemon.apps.values():
+        if other.config.bind == config.bind and other.state is not AppState.STOPPED:
+            raise PmxError(f"app '{other.config.name}' already listens on {config.bind}.")
+
+
 class Start(Handler):
     def validate(self, daemon: Daemon, args: dict[str, Any]) -> list[AppConfig]:
         configs = []
@@ -58,19 +71,15 @@ class Start(Handler):
                 config = AppConfig.from_dict(data).validate()
             except ConfigError as exc:
                 raise PmxError(exc.message) from None
-            if config.name in daemon.apps:
-                raise PmxError(
-                    f"an app named '{config.name}' already exists; use "
-                    f"'pmx restart {config.name}' or choose another --name."
-                )
-            for other in daemon.apps.values():
-                if other.config.bind == config.bind and other.state is not AppState.STOPPED:
-                    raise PmxError(f"app '{other.config.name}' already listens on {config.bind}.")
+            _check_free(daemon, config)
             configs.append(config)
         return configs
 
     async def execute(self, daemon: Daemon, configs: list[AppConfig]) -> dict[str, Any]:
         for config in configs:
+            # Again: while an earlier app of this request was starting, another request
+            # may have taken the name. No await from here until the app is registered.
+            _check_free(daemon, config)
             app = ManagedApp(config, daemon.home)
             try:
                 app.start()
@@ -188,9 +197,9 @@ class Save(Handler):
             for app in daemon.apps.values()
             if app.state in (AppState.STARTING, AppState.RUNNING)
         ]
-        tmp = daemon.home.dump.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"version": 1, "apps": running}, indent=2) + "\n")
-        os.replace(tmp, daemon.home.dump)
+        # The dump holds the apps' --env values: 0600, whatever the umask.
+        write_private(daemon.home.dump, json.dumps({"version": 1, "apps": running},
+                                                   indent=2) + "\n")
         return {"saved": [a["name"] for a in running], "path": str(daemon.home.dump)}
 
 

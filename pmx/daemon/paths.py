@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pmx.files import private_dir
+
 
 @dataclass(frozen=True)
 class Home:
@@ -47,6 +49,6 @@ class Home:
         return self.logs / f"{name}.err.log"
 
     def create(self) -> None:
-        """The directories, private to this user."""
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.logs.mkdir(mode=0o700, exist_ok=True)
+        """The directories, private to this user (made so if they already exist)."""
+        private_dir(self.root)
+        private_dir(self.logs)

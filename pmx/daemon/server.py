@@ -28,6 +28,9 @@ from pmx.daemon.apps import ManagedApp
 from pmx.daemon.handlers import HANDLERS
 from pmx.daemon.paths import Home
 from pmx.errors import BootError, PmxError
+from pmx.files import open_private
+
+REQUEST_LIMIT = 64 << 20  # bytes in one control request
 
 log = logging.getLogger("pmx.daemon")
 
@@ -44,7 +47,10 @@ class Daemon:
             self.home.sock.unlink()
         old_umask = os.umask(0o077)
         try:
-            server = await asyncio.start_unix_server(self._on_client, path=str(self.home.sock))
+            # A request is one line; the limit is far above any a user could write by
+            # accident (--env values, a config file's apps).
+            server = await asyncio.start_unix_server(
+                self._on_client, path=str(self.home.sock), limit=REQUEST_LIMIT)
         finally:
             os.umask(old_umask)
         os.chmod(self.home.sock, 0o600)
@@ -112,7 +118,7 @@ class Daemon:
 def run(home: Home, resurrect: bool = False) -> None:
     """Run the daemon in this process until SIGTERM. Exits if one already runs."""
     home.create()
-    lock = open(home.lock, "a")  # noqa: SIM115 - held for the daemon's life
+    lock = open_private(home.lock, "a")  # held for the daemon's life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

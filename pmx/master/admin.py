@@ -120,6 +120,9 @@ class Admin:
                 latency = round((time.perf_counter() - started) * 1000, 3)
             except asyncio.TimeoutError:
                 probe = "timeout"
+            finally:  # a hung worker never answers: its waiters must not pile up
+                if waiter in worker.probe_waiters:
+                    worker.probe_waiters.remove(waiter)
         body = {
             "id": worker.id, "pid": worker.pid, "state": worker.state.value,
             "health": worker.health.state.value,

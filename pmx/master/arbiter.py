@@ -41,6 +41,7 @@ from setproctitle import setproctitle
 from pmx import channel
 from pmx.config import AppConfig, parse_bind
 from pmx.errors import AppErrored, BootError, PmxError
+from pmx.limits import raise_fd_limit
 from pmx.master.backoff import Backoff
 from pmx.master.balancer import make_policy
 from pmx.master.dispatch import Dispatcher
@@ -107,6 +108,7 @@ class Master:
     async def serve(self) -> None:
         """Run until stopped. Raises BootError / AppErrored / BindError."""
         loop = asyncio.get_running_loop()
+        raise_fd_limit()
         self.events = asyncio.Queue()
         if self.listener is None:
             self.listener = listen(self.address, self.config.backlog)
@@ -146,12 +148,14 @@ class Master:
                     event = ("tick",)
                 self._handle(event)
         finally:
-            if "supervisor" in locals():
-                supervisor.cancel()
+            # Cancelled and awaited: a task left pending (a replacement under way when
+            # the stop came) would be destroyed with the loop, half done.
+            tasks = [t for t in (locals().get("supervisor"), locals().get("watcher")) if t]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if "admin" in locals():
                 admin.close()
-            if "watcher" in locals():
-                watcher.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
             self.dispatch.close()
@@ -169,7 +173,7 @@ class Master:
             self._handle_signal(event[1])
         elif kind == "spawn":
             self.respawns.pop(event[1], None)
-            if self.state in (AppState.STARTING, AppState.RUNNING):
+            if self.state in (AppState.STARTING, AppState.RUNNING) and self.slot_free(event[1]):
                 self.spawn(event[1])
         self.reap()
         if self.state is AppState.STOPPING:
@@ -197,6 +201,14 @@ class Master:
         self.begin_stop(signal.Signals(sig).name)
 
     # ------------------------------------------------------------------ workers
+
+    def slot_free(self, worker_id: int) -> bool:
+        """No worker holds slot ``worker_id`` (starting or ready) and none is being
+        started to replace it: a respawn may fill it."""
+        return worker_id not in self.replacing and not any(
+            w.id == worker_id and w.state in (WorkerState.STARTING, WorkerState.READY)
+            for w in self.live
+        )
 
     def spawn(self, worker_id: int, replacement: bool = False) -> Worker:
         worker = launch(
@@ -309,7 +321,8 @@ class Master:
             self.drain(worker)
             if self.state in (AppState.STARTING, AppState.RUNNING):
                 self.record(worker, "signal", "SIGTERM")
-                self.spawn(worker.id)
+                if self.slot_free(worker.id):  # else its replacement is starting already
+                    self.spawn(worker.id)
         else:
             self._send_stop(worker)
 
@@ -394,8 +407,16 @@ class Master:
         if worker.error:
             log.warning("worker #%d error: %s", worker.id, worker.error.strip())
         self.record(worker, "crash" if was_ready else "boot", describe_exit(code))
-        handle = loop.call_later(delay, self.events.put_nowait, ("spawn", worker.id))
-        self.respawns[worker.id] = handle
+        if not self.slot_free(worker.id):
+            log.info("worker #%d: its replacement is already starting", worker.id)
+            return
+        self.respawn_later(worker.id, delay)
+
+    def respawn_later(self, worker_id: int, delay: float) -> None:
+        """Fill slot ``worker_id`` after ``delay`` seconds, if it is still free then."""
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(delay, self.events.put_nowait, ("spawn", worker_id))
+        self.respawns[worker_id] = handle
 
     def record(self, worker: Worker, reason: str, detail: str) -> None:
         self.restarts[worker.id] = self.restarts.get(worker.id, 0) + 1

@@ -27,7 +27,8 @@ each worker by, in order:
    100 ms. A worker whose stamp is older than ``STUCK`` with requests in flight (or,
    idle, older than 250 ms, or with an fd unread for 25 ms: ``Worker.snapshot``) is
    stuck: in a synchronous call, a CPU-bound view, frozen, or off the CPU. A stuck
-   worker gets no connection. When every worker is stuck, least-busy *waits*: which
+   worker gets no connection, nor does a full one (at its fd budget:
+   ``pmx.worker.capacity``). When every worker is stuck, least-busy *waits*: which
    loop frees first cannot be known (a loop stuck for 40 ms in a 50 ms call frees
    before one stuck for 4 ms; for heavy-tailed durations it is the other way round),
    so the connections stay in the kernel's backlog until one loop turns, and go to it.
@@ -68,6 +69,7 @@ class Snapshot(NamedTuple):
     inflight: int  # requests in flight
     stuck: float  # seconds its loop has made no progress while it had work (0: turning)
     blockers: int  # open connections whose last request blocked its loop
+    full: int = 0  # at its fd budget: takes no connection (pmx.worker.capacity)
 
 
 class Candidate(Protocol):
@@ -204,7 +206,7 @@ TURNING, BLOCKER, STUCK_NOW = 0, 1, 2
 
 def busy_rank(s: Snapshot) -> tuple[int, int, int]:
     """least-busy's rank of one worker (the module docstring says why)."""
-    if s.stuck > STUCK:
+    if s.stuck > STUCK or s.full:
         kind = STUCK_NOW
     else:
         kind = BLOCKER if s.blockers else TURNING

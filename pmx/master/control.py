@@ -73,6 +73,10 @@ class Control:
             reply.update(ok=False, error=exc.message, detail=exc.detail)
         except PmxError as exc:
             reply.update(ok=False, error=str(exc))
+        except Exception as exc:  # a bug: the daemon still gets an answer, with the cause
+            log.exception("control operation %r failed", request.get("op"))
+            reply.update(ok=False, error=f"the master failed to {request.get('op')}: "
+                                         f"{type(exc).__name__}: {exc}")
         self._send(reply)
 
     async def _execute(self, request: dict[str, Any]) -> Any:

@@ -15,6 +15,11 @@ worker's loop is stuck), nothing is accepted: the watch on the socket is paused 
 ranks are read again every WAIT_POLL seconds until one worker can take connections.
 Meanwhile connections wait in the kernel's backlog, where they would wait for workers
 that accept themselves.
+
+When ``accept`` itself fails (EMFILE: the master is at its fd limit; ENFILE, ENOBUFS,
+ENOMEM), the connection stays in the backlog and the socket stays readable: retrying at
+once would spin. So accepting pauses for ACCEPT_PAUSE seconds; the first failure of an
+episode is logged, and how many there were once accepting works again.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ log = logging.getLogger("pmx.master")
 
 ACCEPT_BATCH = 64
 WAIT_POLL = 0.001  # seconds between two looks at the workers while the policy waits
+ACCEPT_PAUSE = 0.1  # seconds without accepting after accept() failed (EMFILE...)
 
 
 class Dispatcher:
@@ -44,6 +50,7 @@ class Dispatcher:
         self.accepting = False
         self.closed = False
         self.waiting: asyncio.TimerHandle | None = None  # the next look while waiting
+        self.accept_errors = 0  # failed accepts in the current episode
 
     def add(self, worker: Worker) -> None:
         self.rotation.append(worker)
@@ -87,6 +94,14 @@ class Dispatcher:
         else:
             self._watch()
 
+    def _accept_failed(self, exc: OSError) -> None:
+        if not self.accept_errors:
+            log.error("accept failed: %s; pausing accepts for %g s at a time until it "
+                      "works", exc, ACCEPT_PAUSE)
+        self.accept_errors += 1
+        self.pause()
+        self.waiting = asyncio.get_running_loop().call_later(ACCEPT_PAUSE, self._look_again)
+
     def _stop_waiting(self) -> None:
         if self.waiting is not None:
             self.waiting.cancel()
@@ -109,8 +124,11 @@ class Dispatcher:
             except OSError as exc:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
-                log.error("accept failed: %s", exc)  # EMFILE and friends
+                self._accept_failed(exc)
                 break
+        if fds and self.accept_errors:
+            log.warning("accepting again after %d failed accept(s)", self.accept_errors)
+            self.accept_errors = 0
         if not fds:
             return
         try:

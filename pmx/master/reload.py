@@ -64,6 +64,14 @@ async def replace(master: Master, old: Worker, reason: str) -> Worker:
             master.record(old, reason, f"replaced by pid {new.pid}")
             master.drain(old)
         return new
+    except BaseException:
+        # The old worker died while its replacement was starting, which then failed:
+        # the slot is empty, and nothing else refills it.
+        if old.state not in (WorkerState.READY, WorkerState.STARTING) and master.state in (
+                AppState.STARTING, AppState.RUNNING):
+            master.replacing.discard(old.id)
+            master.respawn_later(old.id, 1.0)
+        raise
     finally:
         master.replacing.discard(old.id)
 

@@ -63,7 +63,9 @@ def worker_status(master: Master, worker: Worker, now: float) -> dict[str, Any]:
 
 def snapshot(master: Master) -> dict[str, Any]:
     now = master.clock()
-    for pid in set(_processes) - {w.pid for w in master.live}:
+    # Forget the processes gone; the master's own sample is kept, or its CPU would be
+    # measured from scratch (and be unknown) every time.
+    for pid in set(_processes) - {w.pid for w in master.live} - {os.getpid()}:
         del _processes[pid]
     cpu, memory = sample(os.getpid())
     return {

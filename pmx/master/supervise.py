@@ -22,6 +22,7 @@ import psutil
 
 from pmx.master.arbiter import AppState, Master
 from pmx.master.backoff import Backoff
+from pmx.master.health import Health
 from pmx.master.reload import replace
 from pmx.master.workers import Worker, WorkerState
 
@@ -57,11 +58,18 @@ def due(worker: Worker) -> str:
     return ""
 
 
+def retry_backoff() -> Backoff:
+    """The wait before trying again after a failed replacement: 1 s, doubling up to
+    60 s while replacements keep failing. (A failure has no uptime to forgive it: the
+    schedule starts over only when a replacement succeeds.)"""
+    return Backoff(initial=1.0, cap=60.0, reset_after=float("inf"))
+
+
 async def supervise(master: Master) -> None:
     config = master.config
     next_memory = 0.0
     replacing: set[asyncio.Task[Worker]] = set()
-    retry = Backoff(initial=1.0, cap=60.0, reset_after=0.0)  # after a failed replacement
+    retry = retry_backoff()
     retry_at = 0.0
 
     def done(task: asyncio.Task[Worker]) -> None:
@@ -74,49 +82,69 @@ async def supervise(master: Master) -> None:
                       delay, task.exception())
         else:
             retry.failures = 0
-    while True:
-        await asyncio.sleep(TICK)
-        if master.state not in (AppState.STARTING, AppState.RUNNING, AppState.ERRORED):
-            continue
-        now = master.clock()
-        sample = bool(config.max_memory) and now >= next_memory
-        if sample:
-            next_memory = now + config.memory_interval
-        for worker in list(master.live):
-            if worker.state is WorkerState.DRAINING:
-                if worker.drain_deadline and now > worker.drain_deadline:
-                    log.warning(
-                        "worker #%d (pid %d) still draining %g s after it was replaced; "
-                        "sending SIGKILL", worker.id, worker.pid, config.graceful_timeout,
-                    )
-                    worker.drain_deadline = 0.0
-                    worker.process.kill()
+    try:
+        while True:
+            await asyncio.sleep(TICK)
+            if master.state not in (AppState.STARTING, AppState.RUNNING, AppState.ERRORED):
                 continue
-            if worker.state is not WorkerState.READY:
-                continue
-            sent = worker.probe_sent_at
-            if sent is not None and now - sent > config.health_timeout:
-                worker.probe_sent_at = None
-                master.record_probe(worker, False)
-            idle = now - worker.last_probe_at
-            if worker.probe_sent_at is None and idle >= config.health_interval:
-                master.probe(worker)
+            now = master.clock()
+            sample = bool(config.max_memory) and now >= next_memory
             if sample:
-                worker.memory = memory_of(worker.pid)
-                over = worker.memory > config.max_memory
-                worker.memory_strikes = worker.memory_strikes + 1 if over else 0
-        busy = replacing or master.replacing or master.reloading
-        if busy or master.state is not AppState.RUNNING or now < retry_at:
-            continue
-        for worker in sorted(master.live, key=lambda w: w.id):
-            reason = due(worker) if worker.state is WorkerState.READY else ""
-            if reason:
-                log.info("replacing worker #%d (pid %d): %s", worker.id, worker.pid,
-                         _why(worker, reason))
-                task = asyncio.get_running_loop().create_task(replace(master, worker, reason))
-                replacing.add(task)
-                task.add_done_callback(done)
-                break
+                next_memory = now + config.memory_interval
+            for worker in list(master.live):
+                if worker.state is WorkerState.DRAINING:
+                    if worker.drain_deadline and now > worker.drain_deadline:
+                        log.warning(
+                            "worker #%d (pid %d) still draining %g s after it was replaced; "
+                            "sending SIGKILL", worker.id, worker.pid, config.graceful_timeout,
+                        )
+                        worker.drain_deadline = 0.0
+                        worker.process.kill()
+                    continue
+                if worker.state is not WorkerState.READY:
+                    continue
+                _follow_capacity(master, worker)
+                sent = worker.probe_sent_at
+                if sent is not None and now - sent > config.health_timeout:
+                    worker.probe_sent_at = None
+                    master.record_probe(worker, False)
+                idle = now - worker.last_probe_at
+                if worker.probe_sent_at is None and idle >= config.health_interval:
+                    master.probe(worker)
+                if sample:
+                    worker.memory = memory_of(worker.pid)
+                    over = worker.memory > config.max_memory
+                    worker.memory_strikes = worker.memory_strikes + 1 if over else 0
+            busy = replacing or master.replacing or master.reloading
+            if busy or master.state is not AppState.RUNNING or now < retry_at:
+                continue
+            for worker in sorted(master.live, key=lambda w: w.id):
+                reason = due(worker) if worker.state is WorkerState.READY else ""
+                if reason:
+                    log.info("replacing worker #%d (pid %d): %s", worker.id, worker.pid,
+                             _why(worker, reason))
+                    task = asyncio.get_running_loop().create_task(replace(master, worker, reason))
+                    replacing.add(task)
+                    task.add_done_callback(done)
+                    break
+    finally:  # cancelled (the app stops): so are the replacements under way, and awaited
+        for task in list(replacing):
+            task.cancel()
+        await asyncio.gather(*replacing, return_exceptions=True)
+
+
+def _follow_capacity(master: Master, worker: Worker) -> None:
+    """Out of rotation while the worker is full (at its fd budget), back in after: what
+    keeps every policy from handing it fds it cannot take. (least-busy also reads
+    ``full`` at every pick.)"""
+    if worker.full:
+        if worker in master.dispatch.rotation:
+            master.dispatch.remove(worker)
+            worker.out_full = True
+    elif worker.out_full:
+        worker.out_full = False
+        if worker.health.state is Health.OK and worker not in master.dispatch.rotation:
+            master.dispatch.add(worker)
 
 
 def _why(worker: Worker, reason: str) -> str:

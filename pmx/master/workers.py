@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
 import random
 import socket
 import subprocess
@@ -81,6 +80,7 @@ class Worker:
     drain_deadline: float = 0.0  # SIGKILL if still draining then
     metrics: dict[str, Any] = field(default_factory=dict)  # last METRICS report
     probe_waiters: list[asyncio.Future[bool]] = field(default_factory=list)
+    out_full: bool = False  # taken out of rotation while full (pmx.master.supervise)
 
     @property
     def pid(self) -> int:
@@ -89,6 +89,12 @@ class Worker:
     @property
     def report(self) -> Load:
         return self.slot.read()[0] if self.slot is not None else Load()
+
+    @property
+    def full(self) -> bool:
+        """The worker is at its fd budget and takes no new connection
+        (pmx.worker.capacity)."""
+        return bool(self.slot.raw()[5]) if self.slot is not None else False
 
     @property
     def load(self) -> int:
@@ -114,7 +120,7 @@ class Worker:
         the time since it was sent."""
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0)
-        received, connections, inflight, _requests, blockers, active_at = self.slot.raw()
+        received, connections, inflight, _requests, blockers, full, active_at = self.slot.raw()
         stuck = now - active_at
         if not inflight and stuck < IDLE_STUCK:
             stuck = 0.0
@@ -123,7 +129,7 @@ class Worker:
             handoffs.popleft()
         if handoffs and now - handoffs[0][1] > UNREAD_STUCK and now - handoffs[0][1] > stuck:
             stuck = now - handoffs[0][1]
-        return Snapshot(self.sent - received + connections, inflight, stuck, blockers)
+        return Snapshot(self.sent - received + connections, inflight, stuck, blockers, full)
 
     @property
     def alive(self) -> bool:
@@ -148,8 +154,7 @@ def launch(
     """Start ``python -m pmx.worker CHANNEL_FD SLOT_FD`` and send its hello."""
     parent, child = channel.socketpair()
     slot = LoadSlot.create()
-    env = dict(os.environ)
-    env.update(config.env)
+    env = config.child_env()
     env["PYTHONUNBUFFERED"] = "1"
     env["PMX_WORKER_ID"] = str(worker_id)
     try:
@@ -161,10 +166,11 @@ def launch(
         )
     except BaseException:
         slot.close()
+        parent.close()
         raise
     finally:
         child.close()
-    hello = {"worker_id": worker_id, "config": config.to_dict(), "log_prefix": log_prefix,
+    hello = {"worker_id": worker_id, "config": config.to_child(), "log_prefix": log_prefix,
              "live_load": live_load, "watch_blocks": watch_blocks}
     parent.send(channel.encode_json(channel.HELLO, hello))
     parent.setblocking(False)

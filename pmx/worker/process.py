@@ -26,10 +26,12 @@ from setproctitle import setproctitle
 
 from pmx import channel
 from pmx.config import AppConfig
+from pmx.limits import raise_fd_limit
 from pmx.loadslot import LoadSlot
 from pmx.worker.app import AppLoadError, load
 from pmx.worker.blocks import BlockWatch
 from pmx.worker.bridge import UvicornBridge, connection_of
+from pmx.worker.capacity import Capacity
 from pmx.worker.hooks import RequestHooks
 from pmx.worker.metrics import RequestMetrics, instrument
 
@@ -58,6 +60,7 @@ class WorkerServer:
         self.shown_busy = False  # the slot last said: requests in flight
         self.blocks: BlockWatch | None = None  # least-busy: connections that block
         self.tasks = bridge.server.server_state.tasks  # requests in flight
+        self.capacity = Capacity()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -66,6 +69,7 @@ class WorkerServer:
         if error is not None:
             self._send(channel.encode_json(channel.ERROR, {"error": error}))
             return channel.BOOT_ERROR
+        self.capacity = Capacity()  # the fds open now are the app's own
         self.publish()  # the first stamp: the master sees a turning loop from the start
         self._send(channel.encode_json(channel.READY, {"pid": os.getpid()}))
         loop.add_reader(self.chan.fileno(), self._on_channel)
@@ -92,6 +96,10 @@ class WorkerServer:
             if kind == channel.FDS:
                 for fd in fds:
                     self.bridge.adopt(fd)
+                lost = channel.fds_sent(message) - len(fds)
+                if lost > 0:  # at the fd limit: the kernel dropped them
+                    self.bridge.dropped += lost
+                    self.capacity.lost(lost)
                 if self.live:
                     self.publish()
                 continue
@@ -134,6 +142,7 @@ class WorkerServer:
             await self.bridge.tick(counter)
             self.publish()  # the served count, and proof that an idle loop turns
             if counter % 10 == 0:
+                self.capacity.refresh()
                 if os.getppid() != self.parent:
                     self._on_channel()  # take what is queued, then stop
                     self.stopped.set()  # type: ignore[union-attr]
@@ -144,7 +153,8 @@ class WorkerServer:
         """Write the load counters to the slot the master reads (pmx.loadslot)."""
         counters = self.bridge.counters()
         blocks = self.blocks
-        self.slot.put(*counters, blocks.count if blocks is not None else 0)
+        full = self.capacity.full(counters[1])
+        self.slot.put(*counters, blocks.count if blocks is not None else 0, full)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
@@ -222,6 +232,7 @@ def format_exception(exc: BaseException) -> str:
 
 
 def main() -> None:
+    raise_fd_limit()
     chan = socket.socket(fileno=int(sys.argv[1]))
     message, _ = channel.recv(chan)
     if message[:1] != channel.HELLO:
