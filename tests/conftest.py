@@ -313,6 +313,17 @@ class Pmx:
         except (FileNotFoundError, ValueError):
             return None
 
+    def titles(self) -> list[str]:
+        """The process titles ("pmx: worker web#1"...) of the live ones among
+        ``processes()``; a zombie (exited, not yet reaped) has none and is left out."""
+        titles = []
+        for proc in self.processes():
+            try:
+                titles.append(" ".join(proc.cmdline()))
+            except psutil.Error:
+                pass
+        return titles
+
     def processes(self) -> list[psutil.Process]:
         """Every pmx process (daemon, masters, workers) of this home's daemon."""
         pid = self.daemon_pid()

@@ -35,7 +35,7 @@ def test_start_two_apps_status_and_control_socket(pmx):
         assert served == pids
     mode = stat.S_IMODE(os.stat(pmx.home / "pmx.sock").st_mode)
     assert mode == 0o600
-    titles = {" ".join(p.cmdline()).strip() for p in pmx.processes()}
+    titles = {title.strip() for title in pmx.titles()}
     assert "pmx: daemon" in titles
     assert f"pmx: master a 127.0.0.1:{port_a}" in titles
 
@@ -361,6 +361,6 @@ def test_a_name_taken_while_an_earlier_app_starts_is_refused_not_orphaned(pmx, t
     assert err.strip().splitlines()[-1] == (
         "Error: an app named 'late' already exists; use 'pmx restart late' or choose "
         "another --name.")
-    masters = [p for p in pmx.processes() if "master" in " ".join(p.cmdline())]
+    masters = [title for title in pmx.titles() if "master" in title]
     assert len(masters) == 2  # slow's and the one 'late'; none orphaned
     assert get(ports[2], "/pid")[0] == 200
