@@ -8,8 +8,8 @@ keep-alive traffic and see a stalled event loop the moment it stalls.
 Layout (native order, 8-byte fields): fds taken in (each now an open connection, or
 dropped if it failed before opening; pmx.worker.bridge), open connections, requests in
 flight, requests served, open connections whose last request blocked the loop
-(pmx.worker.blocks), whether it is full (at its fd budget: pmx.worker.capacity) and
-``active_at``: ``time.monotonic()`` when the worker last made
+(pmx.worker.blocks), its budget (how many connections its fd limit lets it hold:
+pmx.worker.capacity) and ``active_at``: ``time.monotonic()`` when the worker last made
 progress (adopted a connection, started or finished a request, or its heartbeat ran
 while requests were in flight). CLOCK_MONOTONIC
 is system-wide, so the master can compare it with its own clock. A write copies the
@@ -39,7 +39,7 @@ class Load:
     inflight: int = 0
     requests: int = 0
     blockers: int = 0
-    full: int = 0
+    budget: int = 0
 
 
 _LAYOUT = struct.Struct("=QQQQQQd")
@@ -65,15 +65,15 @@ class LoadSlot:
         return cls(fd)
 
     def put(self, received: int, connections: int, inflight: int, requests: int,
-            blockers: int, full: bool = False) -> None:
+            blockers: int, budget: int = 0) -> None:
         """Write the counters, stamped with the time (the worker's hot path)."""
         # Not pack_into: it zeroes the whole record before filling it in, and a reader
         # in between would see zeros. A slice assignment only ever overwrites bytes.
         self.memory[:_SIZE] = _pack(received, connections, inflight, requests, blockers,
-                                    full, _monotonic())
+                                    budget, _monotonic())
 
     def raw(self) -> tuple[int, int, int, int, int, int, float]:
-        """(received, connections, inflight, requests, blockers, full, active_at)."""
+        """(received, connections, inflight, requests, blockers, budget, active_at)."""
         return _LAYOUT.unpack_from(self.memory)  # type: ignore[return-value]
 
     def read(self) -> tuple[Load, float]:

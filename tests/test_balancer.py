@@ -20,9 +20,10 @@ class Worker:
     inflight: int = 0
     stuck: float = 0.0
     blockers: int = 0
+    full: bool = False
 
     def snapshot(self, now: float) -> Snapshot:
-        return Snapshot(self.load, self.inflight, self.stuck, self.blockers)
+        return Snapshot(self.load, self.inflight, self.stuck, self.blockers, self.full)
 
 
 def workers(*loads):
@@ -374,3 +375,28 @@ def test_spread_least_busy_tops_up_the_less_loaded_worker_first():
 def test_spread_least_busy_sends_a_batch_past_a_stuck_worker():
     stuck = Worker(id=0, load=0, inflight=1, stuck=0.050)
     assert make_policy("least-busy").spread([stuck, Worker(id=1, load=30)], 8) == [0, 8]
+
+
+# -- full workers (at their fd budget) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_every_policy_passes_over_a_full_worker_and_waits_when_all_are(name):
+    policy = make_policy(name)
+    candidates = workers(0, 5, 9)
+    candidates[0].full = True  # the least loaded, and next in round robin
+    assert not policy.waits(policy.ranks(candidates, 0.0))
+    counts = policy.spread(candidates, 6)
+    assert counts[0] == 0 and sum(counts) == 6
+    for worker in candidates:
+        worker.full = True
+    assert policy.waits(policy.ranks(candidates, 0.0))
+
+
+def test_round_robin_carries_on_its_cycle_around_a_full_worker():
+    policy = RoundRobin()
+    candidates = workers(0, 0, 0)
+    candidates[1].full = True
+    assert pick_ids(policy, candidates, 4) == [0, 2, 0, 2]
+    candidates[1].full = False
+    assert pick_ids(policy, candidates, 3) == [0, 1, 2]

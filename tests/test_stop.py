@@ -10,6 +10,7 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from tests.conftest import Hold, get, group_alive, listen_queue, wait_for
 
@@ -182,12 +183,14 @@ def test_a_master_at_its_fd_limit_pauses_accepting_instead_of_spinning(pmx_run):
             sock.close()
 
 
-def test_workers_at_their_fd_limit_take_no_more_and_lose_none(pmx_run):
+@pytest.mark.parametrize("policy", ["least-busy", "round-robin"])
+def test_workers_at_their_fd_limit_take_no_more_and_lose_none(pmx_run, policy):
     """Limit of 200 open files for the whole app, 300 connections held open: each
     worker takes what its fd budget allows (its limit, less what it had open, less a
     reserve), then says it is full; the rest wait in the backlog, none is reset, and
     they are served as soon as connections close."""
-    run = pmx_run("tests.apps.plain:app", "-i", "2", nofile=200)
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", policy,
+                  "--health-interval", "0.2", nofile=200)  # probes must not re-admit it
     run.wait_serving(2)
     answered: list[socket.socket] = []
     waiting: list[socket.socket] = []

@@ -7,7 +7,9 @@ policy is unit-tested with plain values. Candidates always come in the same (wor
 order, and ties go round robin from a cursor, so an idle pool is spread evenly.
 
 The dispatcher asks a policy for the candidates' ``ranks`` once per readiness of the
-listening socket. If the policy ``waits`` (no worker can take a connection now), it
+listening socket. Every policy passes over a *full* worker (one holding as many
+connections as its fd limit allows: ``pmx.worker.capacity``), and waits if all are.
+If the policy ``waits`` (no worker can take a connection now), it
 accepts nothing and asks again a millisecond later: the connections wait in the
 kernel's backlog, as they would for workers that accept themselves. Otherwise it
 accepts the batch and ``share(ranks, n)`` says how many of the ``n`` connections each
@@ -27,11 +29,11 @@ each worker by, in order:
    100 ms. A worker whose stamp is older than ``STUCK`` with requests in flight (or,
    idle, older than 250 ms, or with an fd unread for 25 ms: ``Worker.snapshot``) is
    stuck: in a synchronous call, a CPU-bound view, frozen, or off the CPU. A stuck
-   worker gets no connection, nor does a full one (at its fd budget:
-   ``pmx.worker.capacity``). When every worker is stuck, least-busy *waits*: which
-   loop frees first cannot be known (a loop stuck for 40 ms in a 50 ms call frees
-   before one stuck for 4 ms; for heavy-tailed durations it is the other way round),
-   so the connections stay in the kernel's backlog until one loop turns, and go to it.
+   worker gets no connection, nor does a full one. When every worker is stuck,
+   least-busy *waits*: which loop frees first cannot be known (a loop stuck for 40 ms
+   in a 50 ms call frees before one stuck for 4 ms; for heavy-tailed durations it is
+   the other way round), so the connections stay in the kernel's backlog until one
+   loop turns, and go to it.
    That is the kernel's own pull, at a millisecond's resolution.
 2. **Does it hold a connection that blocks?** The worker marks an open connection whose
    last request held its loop for over ``STUCK`` in one go (``pmx.worker.blocks``); the
@@ -69,12 +71,15 @@ class Snapshot(NamedTuple):
     inflight: int  # requests in flight
     stuck: float  # seconds its loop has made no progress while it had work (0: turning)
     blockers: int  # open connections whose last request blocked its loop
-    full: int = 0  # at its fd budget: takes no connection (pmx.worker.capacity)
+    full: bool = False  # at its fd budget: takes no connection (pmx.worker.capacity)
 
 
 class Candidate(Protocol):
     @property
     def load(self) -> int: ...
+
+    @property
+    def full(self) -> bool: ...
 
     def snapshot(self, now: float) -> Snapshot: ...
 
@@ -121,7 +126,7 @@ class _Base:
 
 
 class RoundRobin(_Base):
-    """Each candidate in turn, whatever its load."""
+    """Each candidate in turn, whatever its load; a full one is skipped."""
 
     name = "round-robin"
 
@@ -129,18 +134,24 @@ class RoundRobin(_Base):
         self.cursor = 0
 
     def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
-        return [None] * len(candidates)
+        return [candidate.full for candidate in candidates]
+
+    def waits(self, ranks: list[Any]) -> bool:
+        return bool(ranks) and all(ranks)
 
     def share(self, ranks: list[Any], count: int) -> list[int]:
         size = len(ranks)
+        counts = [0] * size
         if not size:
-            return []
-        share, extra = divmod(count, size)
+            return counts
         start = self.cursor % size
-        counts = [share] * size
-        for step in range(extra):
-            counts[(start + step) % size] += 1
-        self.cursor = start + extra
+        turns = [(start + step) % size for step in range(size)]
+        turns = [i for i in turns if not ranks[i]] or turns
+        share, extra = divmod(count, len(turns))
+        for step, index in enumerate(turns):
+            counts[index] = share + (step < extra)
+        if extra:
+            self.cursor = turns[extra - 1] + 1
         return counts
 
 
@@ -188,16 +199,19 @@ class _Least(_Base):
 
 
 class LeastConnections(_Least):
-    """Fewest open connections (handed over and not yet closed)."""
+    """Fewest open connections (handed over and not yet closed); a full one last."""
 
     name = "least-conn"
 
-    def rank(self, candidate: Any, now: float) -> int:
-        return int(candidate.load)
+    def rank(self, candidate: Any, now: float) -> tuple[bool, int]:
+        return (candidate.full, int(candidate.load))
+
+    def waits(self, ranks: list[Any]) -> bool:
+        return bool(ranks) and all(full for full, _load in ranks)
 
     @staticmethod
-    def bump(rank: int) -> int:
-        return rank + 1
+    def bump(rank: tuple[bool, int]) -> tuple[bool, int]:
+        return (rank[0], rank[1] + 1)
 
 
 # least-busy's rank: (class, load, requests in flight). Classes:

@@ -22,7 +22,6 @@ import psutil
 
 from pmx.master.arbiter import AppState, Master
 from pmx.master.backoff import Backoff
-from pmx.master.health import Health
 from pmx.master.reload import replace
 from pmx.master.workers import Worker, WorkerState
 
@@ -103,7 +102,6 @@ async def supervise(master: Master) -> None:
                     continue
                 if worker.state is not WorkerState.READY:
                     continue
-                _follow_capacity(master, worker)
                 sent = worker.probe_sent_at
                 if sent is not None and now - sent > config.health_timeout:
                     worker.probe_sent_at = None
@@ -131,20 +129,6 @@ async def supervise(master: Master) -> None:
         for task in list(replacing):
             task.cancel()
         await asyncio.gather(*replacing, return_exceptions=True)
-
-
-def _follow_capacity(master: Master, worker: Worker) -> None:
-    """Out of rotation while the worker is full (at its fd budget), back in after: what
-    keeps every policy from handing it fds it cannot take. (least-busy also reads
-    ``full`` at every pick.)"""
-    if worker.full:
-        if worker in master.dispatch.rotation:
-            master.dispatch.remove(worker)
-            worker.out_full = True
-    elif worker.out_full:
-        worker.out_full = False
-        if worker.health.state is Health.OK and worker not in master.dispatch.rotation:
-            master.dispatch.add(worker)
 
 
 def _why(worker: Worker, reason: str) -> str:

@@ -80,7 +80,6 @@ class Worker:
     drain_deadline: float = 0.0  # SIGKILL if still draining then
     metrics: dict[str, Any] = field(default_factory=dict)  # last METRICS report
     probe_waiters: list[asyncio.Future[bool]] = field(default_factory=list)
-    out_full: bool = False  # taken out of rotation while full (pmx.master.supervise)
 
     @property
     def pid(self) -> int:
@@ -92,9 +91,13 @@ class Worker:
 
     @property
     def full(self) -> bool:
-        """The worker is at its fd budget and takes no new connection
-        (pmx.worker.capacity)."""
-        return bool(self.slot.raw()[5]) if self.slot is not None else False
+        """It holds as many connections as its fd budget allows (pmx.worker.capacity):
+        it must be handed no more. Counted with ``sent``, which the master keeps, so a
+        burst is stopped at the budget even before the worker reads anything."""
+        if self.slot is None:
+            return False
+        received, connections, _i, _r, _b, budget, _a = self.slot.raw()
+        return 0 < budget <= self.sent - received + connections
 
     @property
     def load(self) -> int:
@@ -120,7 +123,7 @@ class Worker:
         the time since it was sent."""
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0)
-        received, connections, inflight, _requests, blockers, full, active_at = self.slot.raw()
+        received, connections, inflight, _requests, blockers, budget, active_at = self.slot.raw()
         stuck = now - active_at
         if not inflight and stuck < IDLE_STUCK:
             stuck = 0.0
@@ -129,7 +132,8 @@ class Worker:
             handoffs.popleft()
         if handoffs and now - handoffs[0][1] > UNREAD_STUCK and now - handoffs[0][1] > stuck:
             stuck = now - handoffs[0][1]
-        return Snapshot(self.sent - received + connections, inflight, stuck, blockers, full)
+        load = self.sent - received + connections
+        return Snapshot(load, inflight, stuck, blockers, 0 < budget <= load)
 
     @property
     def alive(self) -> bool:

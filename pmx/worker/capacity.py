@@ -4,9 +4,12 @@ Every connection is an fd. A worker at its limit cannot even receive the next on
 kernel drops fds passed over SCM_RIGHTS that the receiver cannot install, and the
 client sees its connection reset. So a worker keeps a reserve: once its open
 connections reach its soft limit on open files, less the fds it had open when it got
-ready, less RESERVE for the app's own (database connections, files), it says it is
-full in its load slot and the master hands it nothing more until some close. The
-limit is read again every second, so a change made from outside (``prlimit``) counts.
+ready, less RESERVE for the app's own (database connections, files), it must take no
+more. It publishes that budget in its load slot; the master compares it with the
+worker's load, which it counts itself as it hands fds over, and passes over a worker
+at its budget until some connections close: a burst stops at the budget even before
+the worker reads anything. The limit is read again every second, so a change made
+from outside (``prlimit``) counts.
 """
 
 from __future__ import annotations

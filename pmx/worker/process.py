@@ -153,8 +153,9 @@ class WorkerServer:
         """Write the load counters to the slot the master reads (pmx.loadslot)."""
         counters = self.bridge.counters()
         blocks = self.blocks
-        full = self.capacity.full(counters[1])
-        self.slot.put(*counters, blocks.count if blocks is not None else 0, full)
+        capacity = self.capacity
+        capacity.full(counters[1])  # logs when it changes
+        self.slot.put(*counters, blocks.count if blocks is not None else 0, capacity.connections)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
