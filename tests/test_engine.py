@@ -179,12 +179,17 @@ def test_sigterm_to_one_worker_drains_and_replaces_it(pmx_run):
     assert f"(pid {victim}) stopped (exit code 0)" in run.log()  # drained, not killed
 
 
-def test_repeated_boot_failures_mark_the_app_errored(pmx_run, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_repeated_boot_failures_mark_the_app_errored(pmx_run, tmp_path, workers):
+    """With one worker or several, the app ends errored with the cause: the error of
+    the last worker that could not start."""
     marker = tmp_path / "broken"
-    run = pmx_run("tests.apps.flaky:app", "-i", "1", env={"FLAKY_MARKER": str(marker)})
-    run.wait_serving(1)
+    run = pmx_run("tests.apps.flaky:app", "-i", str(workers),
+                  env={"FLAKY_MARKER": str(marker)})
+    run.wait_serving(workers)
     marker.touch()  # from now on the app cannot be imported
-    os.kill(run.worker_pids().pop(), signal.SIGKILL)
+    for pid in run.worker_pids():
+        os.kill(pid, signal.SIGKILL)
     assert run.wait_exit(15) == 1
     log = run.log()
     assert log.count("refusing to start") >= 5

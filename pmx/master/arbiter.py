@@ -92,6 +92,7 @@ class Master:
         self.restart_reasons: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
         self.boot_failures = 0
+        self.errored_because = ""  # why the app errored (the last boot error)
         self.ever_ready = False
         self.replacing: set[int] = set()  # slots whose worker is being replaced
         self.reloading = False
@@ -384,8 +385,9 @@ class Master:
         if self.state is AppState.ERRORED:  # not respawning any more
             log.warning("worker #%d (pid %d) died (%s); app is errored, not restarting",
                         worker.id, worker.pid, describe_exit(code))
-            if not self.live:
-                self._fail(AppErrored(f'app "{self.config.name}" errored: no worker left.'))
+            if not self.live:  # the cause, not only the end of it
+                self._fail(AppErrored(f'app "{self.config.name}" errored: '
+                                      f"{self.errored_because or 'no worker left.'}"))
             return
         if not was_ready:
             self.boot_failures += 1
@@ -448,12 +450,11 @@ class Master:
             self.config.name, self.boot_failures, last.message,
         )
         self.on_event("errored", {"error": last.message, "detail": last.detail})
+        reason = last.message.partition("failed to start: ")[2] or last.message
+        self.errored_because = (f"{self.boot_failures} workers in a row exited before "
+                                f"becoming ready; last error: {reason}")
         if not self.live:
-            reason = last.message.partition("failed to start: ")[2]
-            self._fail(AppErrored(
-                f'app "{self.config.name}" errored: {self.boot_failures} workers in a row '
-                f"exited before becoming ready; last error: {reason}"
-            ))
+            self._fail(AppErrored(f'app "{self.config.name}" errored: {self.errored_because}'))
 
     def _fail(self, error: PmxError) -> None:
         self.failure = error
