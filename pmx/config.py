@@ -58,6 +58,7 @@ class AppConfig:
     log_level: str = "info"
     access_log: bool = True
     timeout_keep_alive: int = 5
+    header_timeout: float = 30.0  # a request head must arrive within this; 0: no limit
     backlog: int = 2048
     proxy_headers: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
@@ -92,6 +93,7 @@ class AppConfig:
         self.graceful_timeout = parse_seconds("graceful_timeout", self.graceful_timeout)
         self.max_boot_failures = parse_positive_int("max_boot_failures", self.max_boot_failures)
         self.timeout_keep_alive = parse_positive_int("timeout_keep_alive", self.timeout_keep_alive)
+        self.header_timeout = parse_seconds("header_timeout", self.header_timeout)
         self.backlog = parse_positive_int("backlog", self.backlog)
         self.ready_timeout = parse_seconds("ready_timeout", self.ready_timeout)
         self.max_requests = parse_count("max_requests", self.max_requests)

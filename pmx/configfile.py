@@ -19,7 +19,7 @@ The file holds one ``[[app]]`` table per app::
 Keys are the long options of ``pmx run`` / ``pmx start`` without the leading ``--``:
 ``name``, ``workers``, ``bind``, ``host``, ``port``, ``balance``, ``interface``,
 ``app-dir``, ``env``, ``graceful-timeout``, ``max-boot-failures``, ``log-level``,
-``access-log``, ``timeout-keep-alive``, ``backlog``, ``proxy-headers``,
+``access-log``, ``timeout-keep-alive``, ``header-timeout``, ``backlog``, ``proxy-headers``,
 ``forwarded-allow-ips``, ``log-max-size`` and ``log-backups``, plus ``app`` for the
 import string (the CLI's TARGET). ``app_dir`` and the other underscore spellings are
 accepted too.
@@ -29,7 +29,8 @@ Values:
 - string keys (``app``, ``name``, ``bind``, ``host``, ``balance``, ``interface``,
   ``app-dir``, ``log-level``, ``forwarded-allow-ips``) take a string;
 - numeric keys (``workers``, ``port``, ``graceful-timeout``, ``max-boot-failures``,
-  ``timeout-keep-alive``, ``backlog``, ``log-max-size``, ``log-backups``) take a number
+  ``timeout-keep-alive``, ``header-timeout``, ``backlog``, ``log-max-size``,
+  ``log-backups``) take a number
   or a string (``workers = "max"``, ``log-max-size = "10M"``);
 - ``access-log`` and ``proxy-headers`` take ``true`` or ``false``;
 - ``env`` takes a table; its values are strings, numbers and booleans are converted
@@ -110,6 +111,7 @@ _KEYS: dict[str, _Key] = {
     "log-level": _Key("log_level", "str", _STRING),
     "access-log": _Key("access_log", "bool", _BOOL),
     "timeout-keep-alive": _Key("timeout_keep_alive", "number", _WHOLE),
+    "header-timeout": _Key("header_timeout", "number", "expected a number of seconds."),
     "backlog": _Key("backlog", "number", _WHOLE),
     "proxy-headers": _Key("proxy_headers", "bool", _BOOL),
     "forwarded-allow-ips": _Key("forwarded_allow_ips", "str", _STRING),

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -228,3 +229,40 @@ def test_large_env_values_reach_the_workers(pmx_run):
     run.wait_serving(2)
     env = json.loads(get(run.port, "/env")[1])
     assert env["GREETING"] == greeting
+
+
+def test_a_request_head_that_never_completes_gets_408_and_is_closed(pmx_run):
+    """--header-timeout 1: a client sending its head a byte at a time (slowloris) and
+    one that sends nothing are answered 408 and closed; a kept-alive connection idle
+    between requests is left to the keep-alive timeout."""
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--header-timeout", "1",
+                  "--timeout-keep-alive", "30")
+    run.wait_serving(1)
+    silent = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+    slow = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+    idle = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+    idle.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    slow.settimeout(0.3)
+    head = b"GET /pid HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 100
+    answer = b""
+    for byte in head:  # one byte every 0.3 s at most: the head would take 30 s
+        try:
+            slow.sendall(bytes([byte]))
+            answer = slow.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if answer:
+            break
+    elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert elapsed < 5
+    silent.settimeout(10)
+    assert silent.recv(4096).startswith(b"HTTP/1.1 408")
+    idle.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")  # still open, still served
+    assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+    for sock in (silent, slow, idle):
+        sock.close()

@@ -24,6 +24,7 @@ PARAM_HINTS = {
     "max_boot_failures": "'--max-boot-failures'",
     "log_level": "'--log-level'",
     "timeout_keep_alive": "'--timeout-keep-alive'",
+    "header_timeout": "'--header-timeout'",
     "backlog": "'--backlog'",
     "access_log": "'--access-log'",
     "proxy_headers": "'--proxy-headers'",
@@ -70,6 +71,10 @@ _OPTIONS = [
     click.option("--access-log/--no-access-log", default=True, show_default=True),
     click.option("--timeout-keep-alive", default="5", show_default=True, metavar="SECONDS",
                  help="Close keep-alive connections idle this long."),
+    click.option("--header-timeout", default="30", show_default=True, metavar="SECONDS",
+                 help="Answer 408 and close a connection whose request head has not fully "
+                      "arrived this long after it began (or after the connection opened); "
+                      "0: no limit."),
     click.option("--backlog", default="2048", show_default=True,
                  help="Listen backlog."),
     click.option("--proxy-headers/--no-proxy-headers", default=True, show_default=True,

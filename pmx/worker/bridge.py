@@ -14,6 +14,9 @@ in uvicorn. What that needs from uvicorn beyond its public ``Config``/``Server``
   cycle has ``response_complete`` and ``keep_alive`` (False: the response closes);
 - the ``send`` a request's app gets is a bound method of its cycle, and the cycle's
   ``transport`` is its protocol's ``transport`` (what names a connection);
+- an HTTP protocol's ``timeout_keep_alive_task`` is set after a response and cleared
+  by the first byte of the next request; its ``cycle`` is replaced when that request's
+  head is complete (what tells a connection waiting for a head);
 - ``uvicorn._compat.asyncio_run`` runs the worker loop with uvicorn's loop factory.
 
 ``tests/test_bridge.py`` checks each of these so that a uvicorn upgrade that changes them
@@ -74,6 +77,10 @@ class _Connections(_NotifyingSet):
         set.discard(self, item)
         self.on_close(getattr(item, "transport", None))
         self.on_change()
+
+
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8"
+                    b"\r\nconnection: close\r\ncontent-length: 16\r\n\r\nRequest Timeout\n")
 
 
 def _handed_socket_class(family: int) -> type[socket.socket]:
@@ -149,6 +156,7 @@ class UvicornBridge:
                              else _Connections(on_change, on_close))
         self._sets = self._connections, _NotifyingSet(on_change)
         state.connections, state.tasks = self._sets
+        self._heads: dict[Any, float] = {}  # connections waiting for a head, and since
         self.received = 0  # fds handed in
         self.dropped = 0  # of those, the ones that failed before their connection opened
         self._handed: type[socket.socket] | None = None  # see adopt()
@@ -252,6 +260,36 @@ class UvicornBridge:
         # the worker's load dip.
         taken = self._connections.added + self.dropped
         return taken, len(state.connections), len(state.tasks), state.total_requests
+
+    def close_slow_heads(self, now: float, limit: float) -> int:
+        """Answer 408 and close every connection whose request head has been arriving
+        (or that has sent nothing since it opened) for more than ``limit`` seconds, as
+        seen at successive calls; returns how many. uvicorn stops its keep-alive timer
+        at a request's first byte and has no limit of its own, so a client sending a
+        head byte by byte (slowloris) would hold its connection, and a drain, for ever.
+        Called once a second: its cost is a look at each connection, none per request.
+        """
+        waiting = self._heads
+        seen = {}
+        closed = 0
+        protocol: Any
+        for protocol in self.server.server_state.connections:
+            if not hasattr(protocol, "cycle") or protocol.timeout_keep_alive_task is not None:
+                continue  # not HTTP (a WebSocket), or idle between requests
+            cycle: Any = protocol.cycle
+            if cycle is not None and not cycle.response_complete:
+                continue  # a request is being served
+            since = waiting.get(protocol, now)
+            if now - since > limit:
+                transport = protocol.transport
+                if not transport.is_closing():
+                    transport.write(_REQUEST_TIMEOUT)
+                    transport.close()
+                    closed += 1
+                continue
+            seen[protocol] = since
+        self._heads = seen
+        return closed
 
     def fresh_connections(self) -> int:
         """Connections that have not yet sent their first request."""

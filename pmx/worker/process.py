@@ -143,6 +143,9 @@ class WorkerServer:
             self.publish()  # the served count, and proof that an idle loop turns
             if counter % 10 == 0:
                 self.capacity.refresh()
+                limit = self.bridge.config.header_timeout
+                if limit:
+                    self.bridge.close_slow_heads(self.bridge.loop.time(), limit)
                 if os.getppid() != self.parent:
                     self._on_channel()  # take what is queued, then stop
                     self.stopped.set()  # type: ignore[union-attr]
