@@ -105,6 +105,22 @@ def test_a_request_send_names_its_connection_until_it_closes():
         for _ in range(2):  # kept alive: the same connection both times
             writer.write(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        for _ in range(100):  # until the response's end has reached the protocol
+            if protocol.timeout_keep_alive_task is not None:
+                break
+            await asyncio.sleep(0.01)
+        # What close_slow_heads reads: idle between requests = a keep-alive timer set
+        # and the last cycle complete; a head's first byte clears the timer.
+        assert protocol.timeout_keep_alive_task is not None, "keep-alive timer after a response"
+        assert protocol.cycle.response_complete, "cycle.response_complete"
+        writer.write(b"GE")
+        for _ in range(100):
+            if protocol.timeout_keep_alive_task is None:
+                break
+            await asyncio.sleep(0.01)
+        assert protocol.timeout_keep_alive_task is None, "a request's first byte clears it"
+        assert bridge.close_slow_heads(bridge.loop.time(), 60) == 0  # seen, not yet late
+        assert bridge.close_slow_heads(bridge.loop.time() + 61, 60) == 1
         writer.close()
         for _ in range(100):
             if closed:
