@@ -247,6 +247,13 @@ def test_least_conn_never_worse_than_minimum(loads):
 # -- least-busy ----------------------------------------------------------------------
 
 
+def test_least_busy_prefers_a_loop_stuck_briefly_to_one_held():
+    policy = make_policy("least-busy")
+    candidates = [Worker(id=0, load=0, inflight=1, stuck=0.050),
+                  Worker(id=1, load=9, inflight=1, stuck=0.005)]
+    assert policy.pick(candidates).id == 1
+
+
 def test_least_busy_avoids_a_stuck_worker_whatever_its_connections():
     policy = make_policy("least-busy")
     # Worker 0 holds many idle keep-alive connections but its loop turns; worker 1 is
@@ -262,16 +269,17 @@ def test_least_busy_is_not_fooled_by_the_jitter_of_one_stamp():
     assert policy.pick(candidates).id == 1
 
 
-def test_least_busy_waits_while_every_loop_is_stuck():
+def test_least_busy_waits_while_every_loop_is_held():
     policy = make_policy("least-busy")
-    stuck = [Worker(id=0, load=1, inflight=1, stuck=0.040),
-             Worker(id=1, load=9, inflight=1, stuck=0.004)]
-    assert policy.waits(policy.ranks(stuck, 0.0))
-    # One loop turns again (or one that never blocked holds a connection that does):
-    # no waiting, and it gets the connections.
+    held = [Worker(id=0, load=1, inflight=1, stuck=0.040),
+            Worker(id=1, load=9, inflight=1, stuck=0.030)]
+    assert policy.waits(policy.ranks(held, 0.0))
+    # One loop turns again, holds a connection that blocks, or is stuck only briefly
+    # (waiting for a CPU, most likely): no waiting, and it gets the connections.
     for turning in (Worker(id=1, load=9, inflight=1, stuck=0.001),
-                    Worker(id=1, load=9, blockers=1)):
-        candidates = [stuck[0], turning]
+                    Worker(id=1, load=9, blockers=1),
+                    Worker(id=1, load=9, inflight=1, stuck=0.010)):
+        candidates = [held[0], turning]
         assert not policy.waits(policy.ranks(candidates, 0.0))
         assert policy.spread(candidates, 5) == [0, 5]
 
