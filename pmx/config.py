@@ -59,6 +59,7 @@ class AppConfig:
     access_log: bool = True
     timeout_keep_alive: int = 5
     header_timeout: float = 30.0  # a request head must arrive within this; 0: no limit
+    max_header_size: int = 32 * 1024  # bytes of a request head, past which 431; 0: no limit
     backlog: int = 2048
     proxy_headers: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
@@ -94,12 +95,12 @@ class AppConfig:
         self.max_boot_failures = parse_positive_int("max_boot_failures", self.max_boot_failures)
         self.timeout_keep_alive = parse_positive_int("timeout_keep_alive", self.timeout_keep_alive)
         self.header_timeout = parse_seconds("header_timeout", self.header_timeout)
+        self.max_header_size = parse_size_or_off("max_header_size", self.max_header_size)
         self.backlog = parse_positive_int("backlog", self.backlog)
         self.ready_timeout = parse_seconds("ready_timeout", self.ready_timeout)
         self.max_requests = parse_count("max_requests", self.max_requests)
         self.max_requests_jitter = parse_count("max_requests_jitter", self.max_requests_jitter)
-        off = str(self.max_memory).strip() in ("", "0")
-        self.max_memory = 0 if off else parse_size("max_memory", self.max_memory)
+        self.max_memory = parse_size_or_off("max_memory", self.max_memory)
         self.memory_interval = parse_seconds("memory_interval", self.memory_interval)
         if self.health_path and not str(self.health_path).startswith("/"):
             raise ConfigError(
@@ -271,6 +272,11 @@ def parse_size(key: str, value: object) -> int:
             key, f"'{value}' is not a valid size: expected bytes or a number with K, M or G."
         )
     return size
+
+
+def parse_size_or_off(key: str, value: object) -> int:
+    """``parse_size``, or 0 (no limit) for ``0`` or an empty value."""
+    return 0 if str(value).strip() in ("", "0") else parse_size(key, value)
 
 
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -112,6 +112,7 @@ _KEYS: dict[str, _Key] = {
     "access-log": _Key("access_log", "bool", _BOOL),
     "timeout-keep-alive": _Key("timeout_keep_alive", "number", _WHOLE),
     "header-timeout": _Key("header_timeout", "number", "expected a number of seconds."),
+    "max-header-size": _Key("max_header_size", "number", 'expected bytes or a size like "32K".'),
     "backlog": _Key("backlog", "number", _WHOLE),
     "proxy-headers": _Key("proxy_headers", "bool", _BOOL),
     "forwarded-allow-ips": _Key("forwarded_allow_ips", "str", _STRING),

@@ -55,6 +55,9 @@ def pmx_run_to_exit(*args: str) -> tuple[int, str]:
         ([APP, "--graceful-timeout", "soon"], 2,
          "Error: Invalid value for '--graceful-timeout': 'soon' is not a valid duration: "
          "expected seconds >= 0."),
+        ([APP, "--max-header-size", "big"], 2,
+         "Error: Invalid value for '--max-header-size': 'big' is not a valid size: "
+         "expected bytes or a number with K, M or G."),
         ([APP, "--app-dir", "/nonexistent/dir"], 2,
          "Error: Invalid value for '--app-dir': '/nonexistent/dir' is not a directory."),
         ([APP, "--host", "127.0.0.1", "--bind", "127.0.0.1:1"], 2,

@@ -25,6 +25,7 @@ PARAM_HINTS = {
     "log_level": "'--log-level'",
     "timeout_keep_alive": "'--timeout-keep-alive'",
     "header_timeout": "'--header-timeout'",
+    "max_header_size": "'--max-header-size'",
     "backlog": "'--backlog'",
     "access_log": "'--access-log'",
     "proxy_headers": "'--proxy-headers'",
@@ -75,6 +76,9 @@ _OPTIONS = [
                  help="Answer 408 and close a connection whose request head has not fully "
                       "arrived this long after it began (or after the connection opened); "
                       "0: no limit."),
+    click.option("--max-header-size", default="32K", show_default=True, metavar="SIZE",
+                 help="Answer 431 and close a connection whose request head (request line "
+                      "and headers) grows past this many bytes (K/M suffixes); 0: no limit."),
     click.option("--backlog", default="2048", show_default=True,
                  help="Listen backlog."),
     click.option("--proxy-headers/--no-proxy-headers", default=True, show_default=True,

@@ -11,7 +11,8 @@ in uvicorn. What that needs from uvicorn beyond its public ``Config``/``Server``
   ``add``/``discard`` themselves and their request tasks to, and ``total_requests``;
 - ``Server.on_tick`` refreshes the default (date) headers; ``Server.shutdown`` drains;
 - an HTTP protocol's ``cycle`` stays ``None`` until its first request is parsed; a
-  cycle has ``response_complete`` and ``keep_alive`` (False: the response closes);
+  cycle has ``response_complete``, ``keep_alive`` (False: the response closes) and
+  ``more_body`` (True while its request's body is arriving; pmx.worker.heads);
 - the ``send`` a request's app gets is a bound method of its cycle, and the cycle's
   ``transport`` is its protocol's ``transport`` (what names a connection);
 - an HTTP protocol's ``timeout_keep_alive_task`` is set after a response and cleared
@@ -39,6 +40,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from pmx.config import AppConfig
 from pmx.loadslot import Load
+from pmx.worker.heads import head_limited
 from pmx.worker.metrics import PROBE_EXTENSION
 
 
@@ -149,6 +151,9 @@ class UvicornBridge:
         )
         self.config = config
         self.uv_config.load()
+        if config.max_header_size:
+            self.uv_config.http_protocol_class = head_limited(
+                self.uv_config.http_protocol_class, config.max_header_size)
         self.server = uvicorn.Server(self.uv_config)
         self.server.servers = []
         state = self.server.server_state

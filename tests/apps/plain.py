@@ -29,7 +29,14 @@ async def app(scope, receive, send):
         deadline = time.monotonic() + 30
         while not os.path.exists(name + ".go") and time.monotonic() < deadline:
             time.sleep(0.002)
-    if path == "/env":
+    if path == "/upload":  # the request body's length
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = str(size).encode()
+    elif path == "/env":
         keys = ("PMX_WORKER_ID", "PYTHONUNBUFFERED", "GREETING")
         body = json.dumps({k: os.environ.get(k) for k in keys}).encode()
     else:

@@ -1,0 +1,63 @@
+"""A limit on the size of a request head (request line and headers).
+
+uvicorn's httptools protocol has none: a client could send headers without end and the
+parser would keep them all in memory. ``head_limited`` wraps an HTTP protocol class so
+that a connection whose head grows past the limit is answered ``431 Request Header
+Fields Too Large`` and closed, as gunicorn bounds its request lines (8,190 bytes each)
+and nginx its header buffers.
+
+What is counted: every byte received while no request body is arriving, that is from
+the end of one request's head to the end of the next. A head that completes resets the
+count; bytes of a body are never counted, so uploads of any size pass, and a kept-alive
+connection may carry any number of requests. A chunk that would carry the count past
+the limit is parsed in two parts: the bytes up to the limit, then (only if a head
+completed within them) the rest, so the limit is exact whatever the size of a read. A
+WebSocket upgrade swaps the transport's protocol, and its frames are not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 33\r\n"
+    b"connection: close\r\n\r\n"
+    b"Request header fields too large.\n"
+)
+
+
+def head_limited(protocol_class: type[Any], limit: int) -> type[Any]:
+    """A subclass of uvicorn's ``protocol_class`` that closes heads over ``limit`` bytes."""
+
+    class HeadLimited(protocol_class):  # type: ignore[misc, valid-type]
+        _head = 0  # bytes received since the last head completed
+
+        def data_received(self, data: bytes) -> None:
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body:  # a request body: not counted
+                super().data_received(data)
+                return
+            room = limit - self._head
+            if len(data) <= room:
+                self._head += len(data)
+                super().data_received(data)
+                if self.cycle is not cycle:  # a head completed
+                    self._head = 0
+                return
+            # This chunk passes the limit: a head must end within its first `room` bytes.
+            if room > 0:
+                super().data_received(data[:room])
+            transport = self.transport
+            if transport.is_closing() or transport.get_protocol() is not self:
+                return  # a parse error answered, or upgraded to a WebSocket
+            if self.cycle is cycle:
+                transport.write(_TOO_LARGE)
+                transport.close()
+                return
+            self._head = 0
+            self.data_received(data[room:])  # a body, or the next head
+
+    HeadLimited.__name__ = HeadLimited.__qualname__ = f"HeadLimited{protocol_class.__name__}"
+    return HeadLimited
