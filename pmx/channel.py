@@ -5,7 +5,8 @@ Each worker has one socket pair with its master. On Linux it is ``SOCK_SEQPACKET
 ``SOCK_DGRAM``. Every message is one datagram whose first byte is its kind:
 
 master -> worker
-    ``H`` + JSON   hello: the worker id and the app config (the first message)
+    ``H`` + frame  hello: the worker id and the app config (the first message), as
+                   pmx.wire frames, one per message (the config has no size limit)
     ``F`` + u16    N connection fds in SCM_RIGHTS ancillary data. N says how many were
                    sent: the kernel drops the fds a worker at its limit cannot take,
                    and the worker counts them lost
@@ -35,6 +36,8 @@ import struct
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+from pmx import wire
 
 # A worker's exit code when the app cannot start (import error, lifespan failure):
 # the master does not retry it in a loop.
@@ -76,6 +79,27 @@ def decode_json(message: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("channel message is not a JSON object")
     return data
+
+
+def send_hello(sock: socket.socket, hello: dict[str, Any]) -> None:
+    """The master's first message, on the blocking channel: ``H`` + each wire frame."""
+    for frame in wire.frames(hello):
+        sock.send(HELLO + frame)
+
+
+def recv_hello(sock: socket.socket) -> dict[str, Any]:
+    """The worker's read of the hello. Raises ValueError if something else comes, or
+    EOFError if the master is gone."""
+    inbox = wire.Inbox()
+    while True:
+        message, _fds = recv(sock)
+        if not message:
+            raise EOFError("the master closed the channel")
+        if message[:1] != HELLO:
+            raise ValueError(f"expected a hello from the master, not {message[:20]!r}")
+        hello = inbox.feed(message[1:])
+        if hello is not None:
+            return hello
 
 
 def encode_probe(number: int) -> bytes:

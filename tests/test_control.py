@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import types
 
-from pmx import channel
+from pmx import channel, wire
 from pmx.master.control import Control
 
 
@@ -17,12 +16,15 @@ def ask(request: dict) -> dict:
         control.start()
         theirs.setblocking(False)
         loop = asyncio.get_running_loop()
-        await loop.sock_sendall(theirs, json.dumps(request).encode())
+        for frame in wire.frames(request):
+            await loop.sock_sendall(theirs, frame)
         reply = await asyncio.wait_for(loop.sock_recv(theirs, 65536), 5)
         control.close()
         ours.close()
         theirs.close()
-        return json.loads(reply)
+        message = wire.Inbox().feed(reply)
+        assert message is not None
+        return message
 
     return asyncio.run(scenario())
 
@@ -30,10 +32,13 @@ def ask(request: dict) -> dict:
 def test_an_unexpected_error_is_still_answered_with_its_cause():
     reply = ask({"id": 7, "op": "scale", "workers": "abc"})
     assert reply["id"] == 7 and reply["ok"] is False
-    assert reply["error"] == ("the master failed to scale: ValueError: invalid literal for "
-                              "int() with base 10: 'abc'")
+    assert reply["error"] == {
+        "kind": "PmxError", "detail": "",
+        "message": "the master failed to scale: ValueError: invalid literal for int() with "
+                   "base 10: 'abc'"}
 
 
 def test_an_unknown_operation_is_refused():
     reply = ask({"id": 8, "op": "dance"})
-    assert reply == {"id": 8, "ok": False, "error": "unknown control operation 'dance'."}
+    assert reply == {"id": 8, "ok": False, "error": {
+        "kind": "PmxError", "message": "unknown control operation 'dance'.", "detail": ""}}

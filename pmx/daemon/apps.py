@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import os
 import signal
@@ -24,10 +23,10 @@ import sys
 import time
 from typing import Any
 
-from pmx import channel
+from pmx import channel, wire
 from pmx.config import AppConfig
 from pmx.daemon.paths import Home
-from pmx.errors import BootError, PmxError
+from pmx.errors import PmxError
 from pmx.logfiles import RotatingLog
 from pmx.master.backoff import Backoff
 from pmx.master.listener import bound_address, listen
@@ -53,6 +52,8 @@ class ManagedApp:
         self.listener: socket.socket | None = None
         self.master: subprocess.Popen[bytes] | None = None
         self.control: socket.socket | None = None
+        self.outbox: wire.Outbox | None = None  # the control socket's, one per master
+        self.inbox = wire.Inbox()
         self.pidfd = -1
         self.restarts = 0
         self.error = ""
@@ -125,9 +126,11 @@ class ManagedApp:
             )
         finally:
             theirs.close()
-        ours.send(json.dumps({"config": self.config.to_child()}).encode())
+        wire.send_blocking(ours, {"config": self.config.to_child()})
         ours.setblocking(False)
         self.control = ours
+        self.outbox = wire.Outbox(ours)
+        self.inbox = wire.Inbox()
         self.master_started = time.monotonic()
         self.exited_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -138,10 +141,16 @@ class ManagedApp:
     def _on_control(self) -> None:
         assert self.control is not None
         for data, _fds in channel.pending(self.control):
+            try:
+                message = self.inbox.feed(data) if data else None
+            except ValueError as exc:
+                log.error("%s: a bad message from the master: %s", self.config.name, exc)
+                data = b""
             if not data:
                 asyncio.get_running_loop().remove_reader(self.control.fileno())
                 return
-            message = json.loads(data)
+            if message is None:
+                continue  # more frames of the message follow
             event = message.get("event")
             if event == "ready":
                 if self.state is AppState.STARTING:
@@ -151,8 +160,9 @@ class ManagedApp:
                 self.config.workers = int(message["workers"])
             elif event in ("failed", "errored"):
                 self.failed = event == "failed"
-                self.error = message.get("error", "")
-                self.detail = message.get("detail", "")
+                error = wire.exception(message.get("error"))
+                self.error = str(error)
+                self.detail = getattr(error, "detail", "") or str(message.get("detail") or "")
                 if event == "errored":
                     self.state = AppState.ERRORED
             elif "id" in message:
@@ -173,6 +183,8 @@ class ManagedApp:
                 loop.remove_reader(self.control.fileno())
             except ValueError:
                 pass
+            if self.outbox is not None:
+                self.outbox.close()
             self.control.close()
             self.control = None
         for future in self.pending.values():
@@ -243,25 +255,22 @@ class ManagedApp:
     # ------------------------------------------------------------------ requests
 
     async def ask(self, op: str, timeout: float = CONTROL_TIMEOUT, **args: Any) -> Any:
-        """A control request to the master; its result, or PmxError."""
-        if self.control is None or self.state is AppState.STOPPING:
+        """A control request to the master; its result, or the error it raised (as
+        its class: BootError with the traceback of a failed reload, PmxError...)."""
+        if self.control is None or self.outbox is None or self.state is AppState.STOPPING:
             raise PmxError(f"app '{self.config.name}' is {self.state.value}.")
         self.next_id += 1
         request_id = self.next_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
-        self.control.send(json.dumps({"id": request_id, "op": op, **args}).encode())
+        self.outbox.put({"id": request_id, "op": op, **args})
         try:
             reply = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise PmxError(f"the master of '{self.config.name}' did not answer.") from None
         finally:
             self.pending.pop(request_id, None)
-        if not reply.get("ok"):
-            if reply.get("detail") is not None:
-                raise BootError(str(reply.get("error")), reply.get("detail") or "")
-            raise PmxError(str(reply.get("error")))
-        return reply.get("result")
+        return wire.result(reply)
 
     async def status(self) -> dict[str, Any]:
         master: dict[str, Any] = {}

@@ -10,8 +10,9 @@ import sys
 import time
 from typing import Any
 
+from pmx import wire
 from pmx.daemon.paths import Home
-from pmx.errors import BootError, PmxError
+from pmx.errors import PmxError
 from pmx.files import open_private
 
 
@@ -21,7 +22,8 @@ class DaemonNotRunning(PmxError):
 
 def request(home: Home, verb: str, args: dict[str, Any] | None = None,
             timeout: float = 120.0, clean_stale: bool = True) -> Any:
-    """Send one request; return its result. Raises DaemonNotRunning, BootError, PmxError.
+    """Send one request; return its result. Raises DaemonNotRunning, or the error the
+    daemon reported, as the class it was raised as (BootError, ConfigError, PmxError...).
 
     A socket file that refuses connections is removed as stale (``clean_stale``),
     except while waiting for a daemon that is starting: it binds its socket before it
@@ -49,12 +51,11 @@ def request(home: Home, verb: str, args: dict[str, Any] | None = None,
         sock.close()
     if not data:
         raise PmxError(f"the daemon closed the connection during '{verb}'.")
-    response = json.loads(data)
-    if not response.get("ok"):
-        if response.get("detail") is not None:
-            raise BootError(response["error"], response.get("detail") or "")
-        raise PmxError(response.get("error", "unknown error"))
-    return response.get("result")
+    try:
+        response = json.loads(data)
+    except ValueError:
+        raise PmxError(f"the daemon's answer to '{verb}' is not JSON: {data[:80]!r}.") from None
+    return wire.result(response)
 
 
 def remove_stale(home: Home) -> None:

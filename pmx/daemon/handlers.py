@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pmx.config import AppConfig, parse_workers
 from pmx.daemon.apps import AppState, ManagedApp
-from pmx.errors import BootError, ConfigError, PmxError
+from pmx.errors import BootError, PmxError
 from pmx.files import write_private
 
 if TYPE_CHECKING:
@@ -67,10 +67,7 @@ class Start(Handler):
     def validate(self, daemon: Daemon, args: dict[str, Any]) -> list[AppConfig]:
         configs = []
         for data in args["configs"]:
-            try:
-                config = AppConfig.from_dict(data).validate()
-            except ConfigError as exc:
-                raise PmxError(exc.message) from None
+            config = AppConfig.from_dict(data).validate()  # ConfigError goes back as one
             _check_free(daemon, config)
             configs.append(config)
         return configs
@@ -176,11 +173,7 @@ class Describe(Handler):
 class Scale(Handler):
     def validate(self, daemon: Daemon, args: dict[str, Any]) -> tuple[str, int]:
         name = _one_name(daemon, args, "scale")
-        try:
-            workers = parse_workers(args.get("workers"))
-        except ConfigError as exc:
-            raise PmxError(exc.message) from None
-        return name, workers
+        return name, parse_workers(args.get("workers"))
 
     async def execute(self, daemon: Daemon, checked: tuple[str, int]) -> dict[str, Any]:
         name, workers = checked

@@ -1,8 +1,9 @@
 """The daemon process: a unix control socket, one ManagedApp per app.
 
-Protocol: the CLI connects to ``$PMX_HOME/pmx.sock`` (mode 0600), writes one JSON line
-``{"verb": ..., "args": {...}}`` and reads one JSON line back: ``{"ok": true, "result":
-...}`` or ``{"ok": false, "error": "...", "detail": "..."}``. One request per connection.
+Protocol (pmx.wire): the CLI connects to ``$PMX_HOME/pmx.sock`` (mode 0600), writes one
+JSON line ``{"verb": ..., "args": {...}}`` and reads one JSON line back: ``{"ok": true,
+"result": ...}`` or ``{"ok": false, "error": {"kind": ..., "message": ..., "detail":
+...}}``. One request per connection.
 Each verb has one handler in ``pmx.daemon.handlers``: ``validate`` (pure, raises
 PmxError) then ``execute``.
 
@@ -23,11 +24,11 @@ from typing import Any
 
 from setproctitle import setproctitle
 
-from pmx import aio
+from pmx import aio, wire
 from pmx.daemon.apps import ManagedApp
 from pmx.daemon.handlers import HANDLERS
 from pmx.daemon.paths import Home
-from pmx.errors import BootError, PmxError
+from pmx.errors import PmxError
 from pmx.files import open_private
 
 REQUEST_LIMIT = 64 << 20  # bytes in one control request
@@ -99,20 +100,19 @@ class Daemon:
             verb = request["verb"]
             args = request.get("args") or {}
         except (ValueError, KeyError, TypeError):
-            return {"ok": False, "error": "malformed request."}
+            return wire.failure(PmxError(f"malformed request: {line[:80]!r}."))
         handler = HANDLERS.get(verb)
         if handler is None:
-            return {"ok": False, "error": f"unknown verb '{verb}'."}
+            return wire.failure(PmxError(f"unknown verb '{verb}'."))
         try:
             checked = handler.validate(self, args)
             return {"ok": True, "result": await handler.execute(self, checked)}
-        except BootError as exc:
-            return {"ok": False, "error": exc.message, "detail": exc.detail}
         except PmxError as exc:
-            return {"ok": False, "error": str(exc)}
+            return wire.failure(exc)
         except Exception as exc:  # a bug: keep the daemon up, tell the user
             log.exception("error handling %s", verb)
-            return {"ok": False, "error": f"internal error in the daemon: {exc!r}"}
+            return wire.failure(PmxError(
+                f"internal error in the daemon: {type(exc).__name__}: {exc}"))
 
 
 def run(home: Home, resurrect: bool = False) -> None:

@@ -8,14 +8,13 @@ or errored (the reason is sent as a ``failed`` event first).
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import sys
 
-from pmx import aio
+from pmx import aio, wire
 from pmx.config import AppConfig
-from pmx.errors import BootError, PmxError
+from pmx.errors import PmxError
 from pmx.master.arbiter import Master
 from pmx.master.control import Control
 
@@ -23,7 +22,7 @@ from pmx.master.control import Control
 def main() -> None:
     listener = socket.socket(fileno=int(sys.argv[1]))
     control_sock = socket.socket(fileno=int(sys.argv[2]))
-    hello = json.loads(control_sock.recv(1 << 20))
+    hello = wire.recv_blocking(control_sock)
     config = AppConfig.from_dict(hello["config"])
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[master] %(levelname)s: %(message)s"))
@@ -43,10 +42,8 @@ def main() -> None:
     try:
         aio.run(serve())
     except PmxError as exc:
-        detail = exc.detail if isinstance(exc, BootError) else ""
-        message = exc.message if isinstance(exc, BootError) else str(exc)
-        control.emit("failed", {"error": message, "detail": detail})
-        logger.error("%s", message)
+        control.fail(exc)  # the loop is closed: sent blocking
+        logger.error("%s", wire.error(exc)["message"])
         sys.exit(1)
 
 

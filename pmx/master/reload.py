@@ -21,18 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pmx.errors import BootError, PmxError
+from pmx.errors import BootError
 from pmx.master.arbiter import AppState, Master
 from pmx.master.workers import Worker, WorkerState
 
 log = logging.getLogger("pmx.master")
 
 
-class ReloadError(PmxError):
-    def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
+class ReloadError(BootError):
+    """A new worker could not start; the old ones keep serving. ``detail``: its error."""
 
 
 async def replace(master: Master, old: Worker, reason: str) -> Worker:

@@ -176,7 +176,7 @@ def launch(
         child.close()
     hello = {"worker_id": worker_id, "config": config.to_child(), "log_prefix": log_prefix,
              "live_load": live_load, "watch_blocks": watch_blocks}
-    parent.send(channel.encode_json(channel.HELLO, hello))
+    channel.send_hello(parent, hello)
     parent.setblocking(False)
     limit = config.max_requests + random.randint(0, config.max_requests_jitter)
     return Worker(

@@ -238,10 +238,10 @@ def format_exception(exc: BaseException) -> str:
 def main() -> None:
     raise_fd_limit()
     chan = socket.socket(fileno=int(sys.argv[1]))
-    message, _ = channel.recv(chan)
-    if message[:1] != channel.HELLO:
-        sys.exit("pmx worker: expected a hello from the master")
-    hello = channel.decode_json(message)
+    try:
+        hello = channel.recv_hello(chan)
+    except (ValueError, EOFError) as exc:
+        sys.exit(f"pmx worker: {exc}")
     config = AppConfig.from_dict(hello["config"])
     worker_id = int(hello["worker_id"])
     setproctitle(f"pmx: worker {config.name}#{worker_id}")
