@@ -87,7 +87,7 @@ class AppConfig:
         help="App name, used in log lines and process titles.",
         doc="App name, used in log lines and process titles. Letters, digits, `.`, `_`, "
             "`-`; starts with a letter or digit; at most 64 characters.",
-        default_doc="module part of TARGET",
+        default_doc="module part of TARGET (of `app` in a file)",
     )
     workers: int = setting(
         WORKERS, "-i", "--workers", default=1,

@@ -118,6 +118,18 @@ class Setting:
         return self.kind.toml is Toml.BOOLEAN
 
     @property
+    def shown_default(self) -> str:
+        """The default as ``--help`` and docs/cli.md show it ("" for nothing to show)."""
+        if self.default_doc:
+            return self.default_doc
+        value = self.default
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return f"`{value}`" if value not in ("", [], {}, None) else ""
+
+    @property
     def shown_metavar(self) -> str:
         return self.metavar or self.kind.metavar
 

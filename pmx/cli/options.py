@@ -24,20 +24,8 @@ from pmx.settings import Scope, Setting
 PARAM_HINTS = {row.name: row.param_hint for row in SETTINGS}
 
 
-def default_text(row: Setting) -> str:
-    """The default as ``--help`` and the docs show it; "" when there is nothing to show."""
-    if row.default_doc:
-        return row.default_doc
-    value = row.default
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return f"`{value}`" if value not in ("", [], {}) else ""
-
-
 def _option(row: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    text = default_text(row).replace("`", "")
+    text = row.shown_default.replace("`", "")
     help_text = f"{row.help}  [default: {text}]" if text else row.help
     if row.is_flag:
         long = row.long_flag
