@@ -120,9 +120,10 @@ def generate(name: str, text: str) -> str:
         pattern = re.compile(
             rf"(<!-- settings: {table} -->\n).*?(\n<!-- /settings: {table} -->)", re.DOTALL
         )
-        if not pattern.search(text):
+        match = pattern.search(text)
+        if not match:
             raise ValueError(f"docs/{name} has no '<!-- settings: {table} -->' markers.")
-        text = pattern.sub(lambda m, render=render: m.group(1) + render() + m.group(2), text)
+        text = text[: match.end(1)] + render() + text[match.start(2) :]
     return text
 
 
