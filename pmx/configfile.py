@@ -224,8 +224,8 @@ def _override(fields: dict[str, Any], overrides: dict[str, Any]) -> set[str]:
     return set(values)
 
 
-def _check_type(path: str, where: str, written: str, key: Setting, value: Any) -> Any:
-    toml = key.kind.toml
+def _check_type(path: str, where: str, written: str, row: Setting, value: Any) -> Any:
+    toml = row.kind.toml
     if toml is Toml.TABLE and isinstance(value, dict):
         return _env(path, where, written, value)
     if toml is Toml.PATHS:  # watch = true | "src" | ["src", "lib"]
@@ -246,7 +246,7 @@ def _check_type(path: str, where: str, written: str, key: Setting, value: Any) -
         ok = toml is Toml.BOOLEAN and isinstance(value, bool)
     if not ok:
         raise ConfigFileError(
-            path, f"{where}: key '{written}': {_show(value)} is not valid: {key.kind.expected}"
+            path, f"{where}: key '{written}': {_show(value)} is not valid: {row.kind.expected}"
         )
     return value
 

@@ -1,4 +1,5 @@
-"""What a setting is: the row type of the settings table.
+"""What a setting is (the row type of the settings table) and the kinds of values
+settings take, with their parsers.
 
 Every setting of an app is declared once, as a field of :class:`pmx.config.AppConfig`
 whose default is made by :func:`setting`: its name and default are the field's, and
@@ -70,6 +71,7 @@ class Kind:
     metavar: str = ""  # the command line's placeholder, e.g. SECONDS
     choices: tuple[str, ...] = ()
     multiple: bool = False  # the option may be repeated (--env, --watch)
+    bare_value: str = ""  # the value of the option given without one (--watch alone)
     from_cli: Callable[[Any], Any] | None = None  # the option's value as the field takes it
 
 
@@ -109,7 +111,7 @@ class Setting:
     def param_hint(self) -> str:
         """How a command-line error names this setting."""
         if not self.flags:
-            return f"'{self.name.upper()}'" if self.name != "app" else "'TARGET'"
+            return "'TARGET'"  # the only setting without flags is the argument
         last = self.flags.index(self.long_flag)
         return " / ".join(f"'{flag}'" for flag in self.flags[: last + 1])
 
@@ -431,7 +433,7 @@ ADMIN_ADDRESS = Kind(
 PATHS = Kind(
     _watch, Toml.PATHS, "expected true, a path or a list of paths.",
     "`true`, a string, or an array of strings", "list[str]", metavar="[PATH]", multiple=True,
-    from_cli=list,
+    bare_value=".", from_cli=list,
 )
 
 

@@ -37,8 +37,8 @@ def _option(row: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         extra["metavar"] = row.shown_metavar or None
     if row.kind.multiple:
         extra["multiple"] = True
-    if row.name == "watch":  # --watch alone: the app directory
-        extra.update(is_flag=False, flag_value=".")
+    if row.kind.bare_value:
+        extra.update(is_flag=False, flag_value=row.kind.bare_value)
     return click.option(*row.flags, row.name, default=None, help=help_text, **extra)
 
 
