@@ -51,9 +51,8 @@ def run(target: str, **opts: Any) -> None:
     The master listens on --bind and hands each connection to a worker; SIGTERM or
     Ctrl-C stops gracefully (a second Ctrl-C stops at once).
     """
-    config = one_app(target, given(opts)) if is_config_file(target) else build_config(
-        target, given(opts)
-    )
+    values = given(opts)
+    config = one_app(target, values) if is_config_file(target) else build_config(target, values)
     setup_logging(config.log_level)
     try:
         aio.run(Master(config).serve())
@@ -64,6 +63,7 @@ def run(target: str, **opts: Any) -> None:
 
 
 def one_app(path: str, overrides: dict[str, Any]) -> AppConfig:
+    """The app of a config file that must hold one; the options given override it."""
     configs = load_file(path, {}, overrides)
     if len(configs) != 1:
         names = ", ".join(f"'{c.name}'" for c in configs)
