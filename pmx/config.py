@@ -1,134 +1,306 @@
-"""AppConfig: the plain settings of one app.
+"""AppConfig: the plain settings of one app, and the table that declares them.
 
-Everything here is plain data (str, int, float, bool, dict), validated once by
+Each field of :class:`AppConfig` is one setting, declared once with
+:func:`~pmx.settings.setting`: its type and default are the field's, the rest (the
+kind of value and its parser, the command-line flags and help, where it is accepted,
+the text of the docs) is the row. The command line, the config file loader, the
+validation and the settings tables of the docs are all built from ``SETTINGS``; see
+``pmx/settings.py``. Adding a setting is adding a field here, then using it.
+
+Everything here is plain data (str, int, float, bool, dict, list), validated once by
 ``AppConfig.validate`` and then handed unchanged to the master and, as JSON, to each
-worker. Parsing helpers raise :class:`ConfigError` with the offending key and a
-message that quotes the value and shows the expected form; the CLI and the config file
-loader add where the value came from.
+worker. Parsers raise :class:`ConfigError` with the offending key and a message that
+quotes the value and shows the expected form; the CLI and the config file loader add
+where the value came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pmx.errors import ConfigError
+from pmx.settings import (
+    ADMIN_ADDRESS,
+    BALANCE_POLICIES,
+    BIND,
+    COUNT,
+    DIRECTORY,
+    ENV,
+    IMPORT_STRING,
+    INTERFACES,
+    LOG_LEVELS,
+    NAME,
+    PATHS,
+    PORT_NUMBER,
+    SECONDS,
+    SIZE,
+    SIZE_OR_OFF,
+    SWITCH,
+    TEXT,
+    URL_PATH,
+    WHOLE,
+    WORKERS,
+    BindAddress,
+    Scope,
+    Setting,
+    check_choice,
+    check_env_key,
+    check_import_string,
+    check_name,
+    check_watch_path,
+    choice,
+    extra_setting,
+    parse_bind,
+    parse_count,
+    parse_env_item,
+    parse_positive_int,
+    parse_seconds,
+    parse_size,
+    parse_workers,
+    setting,
+    settings_of,
+)
 
-BALANCE_POLICIES = ("round-robin", "least-conn", "least-busy")
-INTERFACES = ("auto", "asgi", "wsgi")
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+__all__ = [
+    "BALANCE_POLICIES", "INTERFACES", "LOG_LEVELS", "SETTINGS", "OPTIONS", "AppConfig",
+    "BindAddress", "check_choice", "check_env_key", "check_import_string", "check_name",
+    "check_watch_path", "parse_bind", "parse_count", "parse_env_item", "parse_positive_int",
+    "parse_seconds", "parse_size", "parse_workers",
+]
 
-
-@dataclass(frozen=True)
-class BindAddress:
-    """Where the master listens: a TCP host and port, or a unix socket path."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @property
-    def is_unix(self) -> bool:
-        return bool(self.path)
-
-    def __str__(self) -> str:
-        if self.path:
-            return f"unix:{self.path}"
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+_DAEMON_ONLY = Scope.START | Scope.FILE
 
 
 @dataclass
 class AppConfig:
-    app: str
-    name: str = ""
-    workers: int = 1
-    bind: str = "127.0.0.1:8000"
-    balance: str = "least-busy"
-    interface: str = "auto"
-    app_dir: str = ""
-    env: dict[str, str] = field(default_factory=dict)
-    graceful_timeout: float = 30.0
-    max_boot_failures: int = 5
-    log_level: str = "info"
-    access_log: bool = True
-    timeout_keep_alive: int = 5
-    header_timeout: float = 30.0  # a request head must arrive within this; 0: no limit
-    max_header_size: int = 32 * 1024  # bytes of a request head, past which 431; 0: no limit
-    backlog: int = 2048
-    proxy_headers: bool = True
-    forwarded_allow_ips: str = "127.0.0.1"
+    app: str = setting(
+        IMPORT_STRING,
+        help="The app: module:attribute.",
+        doc="The app, as `module:attribute`: the command line's TARGET.",
+        default_doc="required",
+    )
+    name: str = setting(
+        NAME, "--name", default="",
+        help="App name, used in log lines and process titles.",
+        doc="App name, used in log lines and process titles. Letters, digits, `.`, `_`, "
+            "`-`; starts with a letter or digit; at most 64 characters.",
+        default_doc="module part of TARGET (of `app` in a file)",
+    )
+    workers: int = setting(
+        WORKERS, "-i", "--workers", default=1,
+        help="Number of worker processes, or 'max' for one per CPU.",
+        doc="Number of worker processes: a whole number >= 1, or `max` for one per CPU "
+            "(`os.cpu_count()`).",
+    )
+    bind: str = setting(
+        BIND, "--bind", "-b", default="127.0.0.1:8000",
+        help="HOST:PORT or unix:PATH to listen on.",
+        doc="Where the master listens; [forms below](#--bind-forms).",
+    )
+    balance: str = setting(
+        choice(BALANCE_POLICIES), "--balance", default="least-busy",
+        help="How the master picks a worker for each connection.",
+        doc="How the master picks a worker for each connection: each ready worker in turn, "
+            "the one with the fewest open connections, or the one least busy: a worker "
+            "whose event loop turns now, then one without a kept-alive connection whose "
+            "requests block its loop, then the fewest open connections, then the fewest "
+            "requests in flight (ties go round robin). See "
+            "[architecture.md](architecture.md#balancing).",
+    )
+    interface: str = setting(
+        choice(INTERFACES), "--interface", default="auto",
+        help="App interface; auto tells ASGI from WSGI.",
+        doc="How to serve the app; `wsgi` wraps it in a2wsgi's `WSGIMiddleware`.",
+    )
+    app_dir: str = setting(
+        DIRECTORY, "--app-dir", default="",
+        help="Directory put first on sys.path to import the app.",
+        doc="Directory put first on `sys.path` in each worker before importing TARGET. "
+            "Must exist.",
+        default_doc="current directory; in a config file, the file's directory",
+    )
+    env: dict[str, str] = setting(
+        ENV, "--env", "-e", default_factory=dict,
+        help="Environment variable for the workers (repeatable).",
+        doc="Environment variable for the workers; repeatable. The value may contain `=`. "
+            "The workers also inherit the master's environment, and get `PMX_WORKER_ID` "
+            "(1..N) and `PYTHONUNBUFFERED=1`.",
+    )
+    graceful_timeout: float = setting(
+        SECONDS, "--graceful-timeout", default=30.0,
+        help="On stop, how long workers may take to finish before SIGKILL.",
+        doc="On stop, how long workers may take to finish before the master sends them "
+            "SIGKILL. Seconds >= 0, fractions allowed; `0` kills at once. A worker drained "
+            "while the app runs (reload, recycling, scale-down, SIGTERM from outside) gets "
+            "SIGKILL if it is still running this long after its drain began.",
+    )
+    max_boot_failures: int = setting(
+        WHOLE, "--max-boot-failures", default=5,
+        help="Workers in a row that may exit before becoming ready before the app is "
+             "marked errored.",
+        doc="Workers in a row that may exit before becoming ready before the app is "
+            "marked errored. Before any worker has been ready, `pmx run` gives up (exit 1) "
+            "after this many such exits, or at once when a worker reports a boot error "
+            "(import error, lifespan startup failure).",
+    )
+    log_level: str = setting(
+        choice(LOG_LEVELS, metavar="LEVEL"), "--log-level", default="info",
+        help="Log level of the workers (uvicorn) and the master.",
+        doc="`critical`, `error`, `warning`, `info`, `debug`, `trace`: uvicorn's log level "
+            "in the workers, and the level of the master's own lines (`trace` counts as "
+            "`debug` there).",
+    )
+    access_log: bool = setting(
+        SWITCH, "--access-log", default=True,
+        help="uvicorn's access log in the workers.",
+    )
+    timeout_keep_alive: int = setting(
+        WHOLE, "--timeout-keep-alive", default=5, metavar="SECONDS",
+        help="Close keep-alive connections idle this long.",
+        doc="Close keep-alive connections idle this long (whole number >= 1). A draining "
+            "worker (stop, reload, recycling, scale-down) first lets its connections end on "
+            "their own for this long plus 0.5 s (see "
+            "[architecture.md](architecture.md#draining-and-keep-alive-connections)).",
+    )
+    header_timeout: float = setting(
+        SECONDS, "--header-timeout", default=30.0,
+        help="Answer 408 and close a connection whose request head has not fully arrived "
+             "this long after it began (or after the connection opened); 0: no limit.",
+        doc="Answer `408 Request Timeout` and close a connection whose request head has not "
+            "fully arrived this long after it began, or after the connection opened if it "
+            "sent nothing (a client sending its head a byte at a time would otherwise hold "
+            "its connection, and a drain, for ever). Checked once a second; seconds >= 0, "
+            "`0`: no limit. A kept-alive connection idle between requests is closed by "
+            "`--timeout-keep-alive` instead.",
+    )
+    max_header_size: int = setting(
+        SIZE_OR_OFF, "--max-header-size", default=32 * 1024,
+        help="Answer 431 and close a connection whose request head (request line and "
+             "headers) grows past SIZE (K/M); 0: no limit.",
+        doc="Answer `431 Request Header Fields Too Large` and close a connection whose "
+            "request head (request line and headers) grows past this many bytes, or a "
+            "number with `K` or `M`. Request bodies are not counted. `0`: no limit.",
+        default_doc="`32K`",
+    )
+    backlog: int = setting(
+        WHOLE, "--backlog", default=2048,
+        help="Listen backlog.",
+        doc="Listen backlog of the master's socket (the kernel may cap it, e.g. "
+            "`net.core.somaxconn`).",
+    )
+    proxy_headers: bool = setting(
+        SWITCH, "--proxy-headers", default=True,
+        help="Trust X-Forwarded-For/Proto from --forwarded-allow-ips.",
+        doc="Trust `X-Forwarded-For` and `X-Forwarded-Proto` from peers in "
+            "`--forwarded-allow-ips` (uvicorn's proxy-headers middleware).",
+    )
+    forwarded_allow_ips: str = setting(
+        TEXT, "--forwarded-allow-ips", default="127.0.0.1", metavar="IPS",
+        help="IPs or networks trusted with --proxy-headers, comma-separated; '*': any.",
+        doc="Comma-separated IPs or networks to trust, or `*` for any peer. Over a unix "
+            "socket the peer has no address, so only `*` makes the headers trusted there.",
+    )
     # Replacing workers: reloads, recycling (max requests / memory), health.
-    ready_timeout: float = 30.0
-    max_requests: int = 0  # 0: no limit
-    max_requests_jitter: int = 0
-    max_memory: int = 0  # bytes of RSS (children included); 0: no limit
-    memory_interval: float = 1.0
-    health_path: str = ""  # "": the probe is answered by the worker's event loop
-    health_interval: float = 2.0
-    health_timeout: float = 1.0
-    health_fall: int = 3
-    health_rise: int = 2
-    admin: str = ""  # HOST:PORT of the master's admin endpoint; "": none
-    watch: list[str] = field(default_factory=list)  # reload when these change
+    ready_timeout: float = setting(
+        SECONDS, "--ready-timeout", default=30.0,
+        help="How long a new worker may take to become ready during a reload.",
+        doc="How long a replacement worker (reload, recycling) may take to become ready and "
+            "pass its first health probe. Past it, the reload or recycling fails and the old "
+            "worker keeps serving; a new worker still starting is killed. Seconds >= 0.",
+    )
+    max_requests: int = setting(
+        COUNT, "--max-requests", default=0,
+        help="Replace a worker after it served N requests (0: never).",
+        doc="Replace a worker, new one first, once it has served N requests. `0`: never. "
+            "See [Recycling](#recycling-workers).",
+    )
+    max_requests_jitter: int = setting(
+        COUNT, "--max-requests-jitter", default=0, metavar="J",
+        help="Add 0..J to each worker's --max-requests, so they do not all recycle at once.",
+        doc="Add a random 0..J to each worker's `--max-requests`, drawn when the worker "
+            "starts, so that workers started together are not all replaced at once.",
+    )
+    max_memory: int = setting(
+        SIZE_OR_OFF, "--max-memory", default=0,
+        help="Replace a worker whose RSS (children included) stays above SIZE (K/M/G) for "
+             "3 samples (0: no limit).",
+        doc="Replace a worker whose resident memory, its child processes included, is above "
+            "SIZE in 3 samples in a row. Bytes, or a number with `K`, `M` or `G` (base "
+            "1024). `0`: no limit.",
+        default_doc="`0` (no limit)",
+    )
+    memory_interval: float = setting(
+        SECONDS, "--memory-interval", default=1.0,
+        help="How often worker memory is sampled.",
+        doc="How often each worker's memory is sampled (only with `--max-memory`).",
+    )
+    health_path: str = setting(
+        URL_PATH, "--health-path", default="",
+        help="Probe workers with GET PATH through the app.",
+        doc="Probe workers with a `GET PATH` through the app; 2xx and 3xx are healthy. Must "
+            "start with `/`; may have a query string. Without it, a probe checks that the "
+            "worker's event loop answers. See [Health checks](#health-checks).",
+        default_doc="none: the worker's event loop answers",
+    )
+    health_interval: float = setting(
+        SECONDS, "--health-interval", default=2.0,
+        help="Time between two probes of a worker.",
+    )
+    health_timeout: float = setting(
+        SECONDS, "--health-timeout", default=1.0,
+        help="A probe not answered within this time fails.",
+    )
+    health_fall: int = setting(
+        WHOLE, "--health-fall", default=3,
+        help="Failed probes in a row that take a worker out of rotation.",
+        doc="Failed probes in a row that take a worker out of rotation (whole number >= 1). "
+            "A worker that fails 2×N probes in a row is replaced.",
+    )
+    health_rise: int = setting(
+        WHOLE, "--health-rise", default=2,
+        help="Passed probes in a row that bring it back.",
+        doc="Passed probes in a row that bring a worker out of rotation back (whole number "
+            ">= 1).",
+    )
+    admin: str = setting(
+        ADMIN_ADDRESS, "--admin", default="", start_default="127.0.0.1:0",
+        help="Serve /health, /workers and /metrics here; '': off.",
+        doc="Serve the [admin endpoint](#the-admin-endpoint) (`/health`, `/workers`, "
+            "`/metrics`) on this address, separate from the app's port. `HOST:PORT`, "
+            "`[IPv6]:PORT` or `:PORT`; port `0` picks a free port; `''` turns it off.",
+        default_doc="`pmx run`: off; `pmx start`: `127.0.0.1:0`",
+    )
+    watch: list[str] = setting(
+        PATHS, "--watch", default_factory=list,
+        help="Rolling reload when a Python file under PATH changes (repeatable; alone: the "
+             "app directory).",
+        doc="Rolling reload when a Python file under PATH changes. Repeatable; alone, the "
+            "app directory. See [Watching files](#watching-files---watch).",
+        default_doc="off",
+    )
     # Used when the daemon runs the app (pmx start): its log files.
-    log_max_size: int = 10 * 1024 * 1024
-    log_backups: int = 5
+    log_max_size: int = setting(
+        SIZE, "--log-max-size", default=10 * 1024 * 1024, scope=_DAEMON_ONLY,
+        help="Rotate an app's log file when it reaches this size (K/M/G).",
+        doc="Rotate each of the app's log files before a line would take it past this size. "
+            "Bytes, or a number with `K`, `M` or `G` (base 1024; fractions such as `1.5G` "
+            "allowed).",
+        default_doc="`10M`",
+    )
+    log_backups: int = setting(
+        COUNT, "--log-backups", default=5, scope=_DAEMON_ONLY,
+        help="Rotated log files kept per log.",
+        doc="Rotated files kept per log file (`NAME.out.log.1` ... `.N`; older ones are "
+            "deleted). `0` keeps none.",
+    )
 
     def validate(self) -> AppConfig:
-        """Check every field, fill defaults that depend on others; return self."""
-        check_import_string(self.app)
-        if not self.name:
-            self.name = self.app.partition(":")[0]
-        check_name(self.name)
-        self.workers = parse_workers(self.workers)
-        self.bind = str(parse_bind(self.bind))
-        self.balance = check_choice("balance", self.balance, BALANCE_POLICIES)
-        self.interface = check_choice("interface", self.interface, INTERFACES)
-        self.log_level = check_choice("log_level", self.log_level, LOG_LEVELS)
-        self.graceful_timeout = parse_seconds("graceful_timeout", self.graceful_timeout)
-        self.max_boot_failures = parse_positive_int("max_boot_failures", self.max_boot_failures)
-        self.timeout_keep_alive = parse_positive_int("timeout_keep_alive", self.timeout_keep_alive)
-        self.header_timeout = parse_seconds("header_timeout", self.header_timeout)
-        self.max_header_size = parse_size_or_off("max_header_size", self.max_header_size)
-        self.backlog = parse_positive_int("backlog", self.backlog)
-        self.ready_timeout = parse_seconds("ready_timeout", self.ready_timeout)
-        self.max_requests = parse_count("max_requests", self.max_requests)
-        self.max_requests_jitter = parse_count("max_requests_jitter", self.max_requests_jitter)
-        self.max_memory = parse_size_or_off("max_memory", self.max_memory)
-        self.memory_interval = parse_seconds("memory_interval", self.memory_interval)
-        if self.health_path and not str(self.health_path).startswith("/"):
-            raise ConfigError(
-                "health_path", f"'{self.health_path}' is not a path: expected it to start with '/'."
-            )
-        self.health_interval = parse_seconds("health_interval", self.health_interval)
-        self.health_timeout = parse_seconds("health_timeout", self.health_timeout)
-        self.health_fall = parse_positive_int("health_fall", self.health_fall)
-        self.health_rise = parse_positive_int("health_rise", self.health_rise)
-        if self.admin:
-            try:
-                address = parse_bind(self.admin)
-            except ConfigError:
-                address = BindAddress(path="-")
-            if address.is_unix:
-                raise ConfigError(
-                    "admin", f"'{self.admin}' is not a valid admin address: expected HOST:PORT."
-                ) from None
-            self.admin = str(address)
-        self.watch = [check_watch_path(p, self.app_dir) for p in self.watch]
-        self.log_max_size = parse_size("log_max_size", self.log_max_size)
-        self.log_backups = parse_count("log_backups", self.log_backups)
-        if self.app_dir:
-            if not os.path.isdir(self.app_dir):
-                raise ConfigError("app_dir", f"'{self.app_dir}' is not a directory.")
-            self.app_dir = os.path.abspath(self.app_dir)
-        for key in self.env:
-            check_env_key(key)
+        """Check every field in order, fill defaults that depend on others; return self."""
+        for row in SETTINGS:
+            setattr(self, row.name, row.parse(getattr(self, row.name), self))
         return self
 
     @property
@@ -160,137 +332,26 @@ class AppConfig:
         return cls(**data)
 
 
-def check_watch_path(value: str, app_dir: str) -> str:
-    path = os.path.join(app_dir or os.getcwd(), os.path.expanduser(value))
-    if not os.path.exists(path):
-        raise ConfigError("watch", f"'{value}' does not exist: expected a file or directory.")
-    return os.path.abspath(path)
+# The fields of AppConfig, in order: what validate() checks and describe shows.
+SETTINGS: tuple[Setting, ...] = settings_of(AppConfig)
 
+# host and port are another way to give bind, on the command line and in a file.
+HOST = extra_setting(
+    "host", TEXT, "--host", metavar="HOST",
+    help="Host to listen on (with --port).",
+    doc="Host to listen on. With `--host` and/or `--port` the address is `HOST:PORT`, the "
+        "missing one defaulting to `127.0.0.1` or `8000`. Cannot be combined with `--bind`.",
+    default_doc="`127.0.0.1` when only the port is given",
+)
+PORT = extra_setting(
+    "port", PORT_NUMBER, "--port",
+    help="Port to listen on (with --host).",
+    doc="Port to listen on; see `--host`.",
+    default_doc="`8000` when only the host is given",
+)
 
-def check_import_string(value: str) -> str:
-    module, sep, attr = value.partition(":")
-    if not sep or not module or not attr:
-        raise ConfigError(
-            "app", f'Import string "{value}" must be in format "<module>:<attribute>".'
-        )
-    return value
-
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also accepts '²' and friends
-
-
-def check_name(value: str) -> str:
-    if not _NAME_RE.fullmatch(value) or len(value) > 64:
-        raise ConfigError(
-            "name",
-            f"'{value}' is not a valid app name: expected letters, digits, '.', '_' or '-'.",
-        )
-    return value
-
-
-def parse_workers(value: object) -> int:
-    """``4``, ``"4"`` or ``"max"`` (one worker per CPU)."""
-    text = str(value).strip()
-    if text == "max":
-        return os.cpu_count() or 1
-    if isinstance(value, bool) or not _DIGITS.fullmatch(text) or int(text) < 1:
-        raise ConfigError(
-            "workers",
-            f"'{value}' is not a valid worker count: expected a whole number >= 1 or 'max'.",
-        )
-    return int(text)
-
-
-def parse_bind(value: str) -> BindAddress:
-    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` (all interfaces) or ``unix:PATH``."""
-    text = str(value).strip()
-    expected = f"'{value}' is not a valid bind address: expected HOST:PORT or unix:PATH."
-    if text.startswith("unix:"):
-        path = text[len("unix:") :]
-        if not path:
-            raise ConfigError("bind", expected)
-        return BindAddress(path=os.path.abspath(path))
-    bracketed = text.startswith("[")
-    if bracketed:
-        host, sep, port_text = text[1:].partition("]:")
-    else:
-        host, sep, port_text = text.rpartition(":")
-    if not sep or not _DIGITS.fullmatch(port_text) or int(port_text) > 65535:
-        raise ConfigError("bind", expected)
-    if not host and not bracketed:
-        host = "0.0.0.0"
-    if bracketed or ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError("bind", expected) from None
-    return BindAddress(host=host, port=int(port_text))
-
-
-def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        options = ", ".join(f"'{c}'" for c in choices)
-        raise ConfigError(key, f"'{value}' is not one of {options}.")
-    return value
-
-
-def parse_seconds(key: str, value: object) -> float:
-    try:
-        seconds = float(str(value))
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= 10**7:  # also rejects nan and inf
-        raise ConfigError(key, f"'{value}' is not a valid duration: expected seconds >= 0.")
-    return seconds
-
-
-def parse_positive_int(key: str, value: object) -> int:
-    text = str(value).strip()
-    if isinstance(value, bool) or not _DIGITS.fullmatch(text) or int(text) < 1:
-        raise ConfigError(key, f"'{value}' is not valid: expected a whole number >= 1.")
-    return int(text)
-
-
-def parse_count(key: str, value: object) -> int:
-    text = str(value).strip()
-    if isinstance(value, bool) or not _DIGITS.fullmatch(text):
-        raise ConfigError(key, f"'{value}' is not valid: expected a whole number >= 0.")
-    return int(text)
-
-
-_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMG]?)B?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-
-
-def parse_size(key: str, value: object) -> int:
-    """Bytes from ``300M``, ``1.5G``, ``512K`` or a plain number of bytes."""
-    match = _SIZE_RE.fullmatch(str(value).strip())
-    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]) if match else 0
-    if isinstance(value, bool) or size < 1:
-        raise ConfigError(
-            key, f"'{value}' is not a valid size: expected bytes or a number with K, M or G."
-        )
-    return size
-
-
-def parse_size_or_off(key: str, value: object) -> int:
-    """``parse_size``, or 0 (no limit) for ``0`` or an empty value."""
-    return 0 if str(value).strip() in ("", "0") else parse_size(key, value)
-
-
-_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_env_key(key: str) -> str:
-    if not _ENV_KEY_RE.fullmatch(key):
-        raise ConfigError("env", f"'{key}' is not a valid environment variable name.")
-    return key
-
-
-def parse_env_item(item: str) -> tuple[str, str]:
-    """``KEY=VALUE`` from ``--env``."""
-    key, sep, value = item.partition("=")
-    if not sep:
-        raise ConfigError("env", f"'{item}' is not valid: expected KEY=VALUE.")
-    return check_env_key(key), value
+# Every setting as the command line and the config file show them: host and port
+# after bind.
+OPTIONS: tuple[Setting, ...] = tuple(
+    row for s in SETTINGS for row in ((s, HOST, PORT) if s.name == "bind" else (s,))
+)

@@ -16,30 +16,21 @@ The file holds one ``[[app]]`` table per app::
     app = "examples.django_app.mysite.wsgi:application"
     bind = "127.0.0.1:8001"
 
-Keys are the long options of ``pmx run`` / ``pmx start`` without the leading ``--``:
-``name``, ``workers``, ``bind``, ``host``, ``port``, ``balance``, ``interface``,
-``app-dir``, ``env``, ``graceful-timeout``, ``max-boot-failures``, ``log-level``,
-``access-log``, ``timeout-keep-alive``, ``header-timeout``, ``backlog``, ``proxy-headers``,
-``forwarded-allow-ips``, ``log-max-size`` and ``log-backups``, plus ``app`` for the
-import string (the CLI's TARGET). ``app_dir`` and the other underscore spellings are
-accepted too.
-
-Values:
-
-- string keys (``app``, ``name``, ``bind``, ``host``, ``balance``, ``interface``,
-  ``app-dir``, ``log-level``, ``forwarded-allow-ips``) take a string;
-- numeric keys (``workers``, ``port``, ``graceful-timeout``, ``max-boot-failures``,
-  ``timeout-keep-alive``, ``header-timeout``, ``backlog``, ``log-max-size``,
-  ``log-backups``) take a number
-  or a string (``workers = "max"``, ``log-max-size = "10M"``);
-- ``access-log`` and ``proxy-headers`` take ``true`` or ``false``;
-- ``env`` takes a table; its values are strings, numbers and booleans are converted
-  with ``str()``.
+Keys are the settings of ``pmx/config.py`` (``SETTINGS``, plus ``host`` and ``port``) in
+their dash spelling, the long options of ``pmx run`` / ``pmx start`` without the leading
+``--``, plus ``app`` for the import string (the CLI's TARGET); the underscore spellings
+are accepted too. Each setting's kind says which TOML values its key takes; docs/config.md
+lists them.
 
 ``host`` and ``port`` are combined into ``bind`` as on the command line (the host
 defaults to 127.0.0.1, the port to 8000); giving them together with ``bind`` is an
-error. A relative ``app-dir``, or the path of a relative ``bind = "unix:PATH"``, is
-taken relative to the directory of the config file, and ``~`` is expanded in both.
+error. A relative ``app-dir``, ``watch`` path, or path of a relative ``bind =
+"unix:PATH"``, is taken relative to the directory of the config file, and ``~`` is
+expanded.
+
+The command line may add ``defaults`` (for keys an app does not give) and ``overrides``
+(which replace what the file gives; ``env`` is merged, ``host``/``port`` replace that
+part of the address).
 
 Every app is validated with :meth:`AppConfig.validate`. App names must be unique within
 a file, and two apps may not bind the same address (port 0 excepted). Every problem is
@@ -56,11 +47,11 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 from typing import Any
 
-from pmx.config import AppConfig, BindAddress, parse_bind
+from pmx.config import OPTIONS, AppConfig, BindAddress, parse_bind
 from pmx.errors import ConfigError, PmxError
+from pmx.settings import Scope, Setting, Toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,63 +74,22 @@ class ConfigFileError(PmxError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class _Key:
-    field: str  # the AppConfig field it sets ("" for host and port)
-    kind: str  # "str", "number", "bool" or "env"
-    expected: str  # for a value of the wrong TOML type
-
-
-_STRING = "expected a string."
-_WHOLE = "expected a whole number."
-_BOOL = "expected true or false."
-
 # Every key of an [[app]] table, in its dash spelling.
-_KEYS: dict[str, _Key] = {
-    "app": _Key("app", "str", _STRING),
-    "name": _Key("name", "str", _STRING),
-    "workers": _Key("workers", "number", 'expected a whole number or "max".'),
-    "bind": _Key("bind", "str", _STRING),
-    "host": _Key("", "str", _STRING),
-    "port": _Key("", "number", "expected a port number."),
-    "balance": _Key("balance", "str", _STRING),
-    "interface": _Key("interface", "str", _STRING),
-    "app-dir": _Key("app_dir", "str", _STRING),
-    "env": _Key("env", "env", 'expected a table, e.g. env = { KEY = "value" }.'),
-    "graceful-timeout": _Key("graceful_timeout", "number", "expected a number of seconds."),
-    "max-boot-failures": _Key("max_boot_failures", "number", _WHOLE),
-    "log-level": _Key("log_level", "str", _STRING),
-    "access-log": _Key("access_log", "bool", _BOOL),
-    "timeout-keep-alive": _Key("timeout_keep_alive", "number", _WHOLE),
-    "header-timeout": _Key("header_timeout", "number", "expected a number of seconds."),
-    "max-header-size": _Key("max_header_size", "number", 'expected bytes or a size like "32K".'),
-    "backlog": _Key("backlog", "number", _WHOLE),
-    "proxy-headers": _Key("proxy_headers", "bool", _BOOL),
-    "forwarded-allow-ips": _Key("forwarded_allow_ips", "str", _STRING),
-    "log-max-size": _Key(
-        "log_max_size", "number", 'expected a number of bytes or a size like "10M".'
-    ),
-    "log-backups": _Key("log_backups", "number", _WHOLE),
-    "ready-timeout": _Key("ready_timeout", "number", "expected a number of seconds."),
-    "max-requests": _Key("max_requests", "number", _WHOLE),
-    "max-requests-jitter": _Key("max_requests_jitter", "number", _WHOLE),
-    "max-memory": _Key("max_memory", "number", 'expected a size like "300M".'),
-    "memory-interval": _Key("memory_interval", "number", "expected a number of seconds."),
-    "health-path": _Key("health_path", "str", _STRING),
-    "health-interval": _Key("health_interval", "number", "expected a number of seconds."),
-    "health-timeout": _Key("health_timeout", "number", "expected a number of seconds."),
-    "health-fall": _Key("health_fall", "number", _WHOLE),
-    "health-rise": _Key("health_rise", "number", _WHOLE),
-    "admin": _Key("admin", "str", _STRING),
-    "watch": _Key("watch", "paths", "expected true, a path or a list of paths."),
-}
+_KEYS: dict[str, Setting] = {row.key: row for row in OPTIONS if Scope.FILE in row.scope}
 
 # AppConfig field name -> dash spelling, for keys that were not in the file.
-_FIELD_KEYS = {key.field: name for name, key in _KEYS.items() if key.field}
+_FIELD_KEYS = {row.name: row.key for row in OPTIONS if row.stored}
 
 
-def load_config_file(path: str) -> list[AppConfig]:
-    """Parse a pmx.toml; every app validated. Raises ConfigFileError."""
+def load_config_file(path: str, defaults: dict[str, Any] | None = None,
+                     overrides: dict[str, Any] | None = None) -> list[AppConfig]:
+    """Parse a pmx.toml; every app validated. Raises ConfigFileError.
+
+    ``defaults`` and ``overrides`` map AppConfig fields (and ``host``, ``port``) to
+    values given on the command line: ``defaults`` for the keys an app leaves out,
+    ``overrides`` in place of the app's own. A bad override raises the ConfigError of
+    its field, since the fault is the command line's, not the file's."""
+    defaults, overrides = defaults or {}, overrides or {}
     data = _read(path)
     for key in data:
         if key != "app":
@@ -156,8 +106,16 @@ def load_config_file(path: str) -> list[AppConfig]:
         )
     if not tables:
         raise ConfigFileError(path, f"config file '{path}' has no [[app]] tables.")
+    if overrides.get("name") and len(tables) > 1:
+        raise ConfigError(
+            "name", f"'{overrides['name']}' would name each of the {len(tables)} apps of "
+            f"config file '{path}': expected a file with one app.",
+        )
     base_dir = os.path.dirname(os.path.abspath(path))
-    configs = [_load_app(path, base_dir, n, table) for n, table in enumerate(tables, 1)]
+    configs = [
+        _load_app(path, base_dir, n, table, defaults, overrides)
+        for n, table in enumerate(tables, 1)
+    ]
     _check_unique(path, configs)
     return configs
 
@@ -190,7 +148,8 @@ def _read(path: str) -> dict[str, Any]:
     raise ConfigFileError(path, f"cannot read config file '{path}': {reason}.")
 
 
-def _load_app(path: str, base_dir: str, number: int, table: dict[str, Any]) -> AppConfig:
+def _load_app(path: str, base_dir: str, number: int, table: dict[str, Any],
+              defaults: dict[str, Any], overrides: dict[str, Any]) -> AppConfig:
     name = table.get("name")
     label = f"app '{name}'" if isinstance(name, str) and name else f"app #{number}"
     where = f"config file '{path}': {label}"
@@ -216,8 +175,8 @@ def _load_app(path: str, base_dir: str, number: int, table: dict[str, Any]) -> A
         values[key] = _check_type(path, where, written, _KEYS[key], table[written])
 
     # Field name -> key as written, for ConfigErrors raised while validating.
-    shown = {_KEYS[key].field: written for key, written in spelled.items() if _KEYS[key].field}
-    fields = {_KEYS[key].field: value for key, value in values.items() if _KEYS[key].field}
+    shown = {_KEYS[key].name: written for key, written in spelled.items()}
+    fields = {_KEYS[key].name: value for key, value in values.items() if _KEYS[key].stored}
 
     if "host" in values or "port" in values:
         if "bind" in values:
@@ -232,17 +191,44 @@ def _load_app(path: str, base_dir: str, number: int, table: dict[str, Any]) -> A
     if fields.get("app_dir"):
         fields["app_dir"] = os.path.join(base_dir, os.path.expanduser(fields["app_dir"]))
 
+    fields = {**defaults, **fields}
+    overridden = _override(fields, overrides)
     try:
         return AppConfig.from_dict(fields).validate()
     except ConfigError as exc:
+        if exc.key in overridden:
+            raise
         key = shown.get(exc.key) or _FIELD_KEYS.get(exc.key) or exc.key
         raise ConfigFileError(path, f"{where}: key '{key}': {exc.message}") from None
 
 
-def _check_type(path: str, where: str, written: str, key: _Key, value: Any) -> Any:
-    if key.kind == "env" and isinstance(value, dict):
+def _override(fields: dict[str, Any], overrides: dict[str, Any]) -> set[str]:
+    """Put the command line's values in ``fields``; return the fields it set."""
+    if not overrides:
+        return set()
+    host, port = overrides.get("host"), overrides.get("port")
+    values = {k: v for k, v in overrides.items() if k not in ("host", "port")}
+    if host is not None or port is not None:  # replace that part of the file's address
+        try:
+            address = parse_bind(fields.get("bind", "127.0.0.1:8000"))
+        except ConfigError:
+            address = BindAddress(path="-")
+        if address.is_unix:
+            address = BindAddress(host="127.0.0.1", port=8000)
+        values["bind"] = f"{address.host if host is None else host}:" + str(
+            address.port if port is None else port
+        )
+    if "env" in values:
+        values["env"] = {**fields.get("env", {}), **values["env"]}
+    fields.update(values)
+    return set(values)
+
+
+def _check_type(path: str, where: str, written: str, row: Setting, value: Any) -> Any:
+    toml = row.kind.toml
+    if toml is Toml.TABLE and isinstance(value, dict):
         return _env(path, where, written, value)
-    if key.kind == "paths":  # watch = true | "src" | ["src", "lib"]
+    if toml is Toml.PATHS:  # watch = true | "src" | ["src", "lib"]
         base = os.path.dirname(os.path.abspath(path))
         if value is True:
             return [base]
@@ -252,15 +238,15 @@ def _check_type(path: str, where: str, written: str, key: _Key, value: Any) -> A
             value = [value]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return [os.path.join(base, os.path.expanduser(v)) for v in value]
-    if key.kind == "str":
+    if toml is Toml.STRING:
         ok = isinstance(value, str)
-    elif key.kind == "number":
+    elif toml is Toml.NUMBER:
         ok = isinstance(value, (int, float, str)) and not isinstance(value, bool)
     else:
-        ok = key.kind == "bool" and isinstance(value, bool)
+        ok = toml is Toml.BOOLEAN and isinstance(value, bool)
     if not ok:
         raise ConfigFileError(
-            path, f"{where}: key '{written}': {_show(value)} is not valid: {key.expected}"
+            path, f"{where}: key '{written}': {_show(value)} is not valid: {row.kind.expected}"
         )
     return value
 

@@ -7,17 +7,18 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import click
 
-from pmx.cli.options import app_options, build_config
+from pmx.cli.options import app_options, build_config, given, is_config_file, load_file
 from pmx.cli.run import BootFailed
 from pmx.cli.table import render_table
+from pmx.config import SETTINGS, AppConfig
 from pmx.daemon import client
 from pmx.daemon.paths import Home
 from pmx.errors import BootError, PmxError
+from pmx.settings import Scope
 
 NAME = click.argument("name", metavar="NAME|all")
 
@@ -48,32 +49,23 @@ def print_status(snapshot: dict[str, Any], as_json: bool = False) -> None:
 
 
 @click.command()
-@app_options
-@click.option("--log-max-size", default="10M", show_default=True,
-              help="Rotate an app's log file when it reaches this size (K/M/G).")
-@click.option("--log-backups", default="5", show_default=True,
-              help="Rotated log files kept per log.")
+@app_options(Scope.START)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def start(as_json: bool, **opts: Any) -> None:
+def start(target: str, as_json: bool, **opts: Any) -> None:
     """Start TARGET (module:attribute) in the background daemon, or every app of a
-    pmx.toml config file. Waits until the app is ready or has failed."""
-    target = opts["target"]
-    if target.endswith(".toml") or os.path.isfile(target):
-        from pmx.configfile import load_config_file
-
-        try:
-            configs = load_config_file(target)
-        except PmxError as exc:
-            raise click.ClickException(str(exc)) from None
-        base = str(Path(target).resolve().parent)
-        for config in configs:
-            config.app_dir = config.app_dir or base
-            config.admin = config.admin or "127.0.0.1:0"
+    pmx.toml config file, whose values the options given here override. Waits until
+    the app is ready or has failed."""
+    values = given(opts)
+    # pmx start's own defaults: the daemon's working directory is /, and an app gets
+    # an admin endpoint unless told otherwise.
+    defaults = {row.name: row.start_default for row in SETTINGS if row.start_default is not None}
+    configs: list[AppConfig]
+    if is_config_file(target):
+        configs = load_file(target, defaults, values)
     else:
-        opts["app_dir"] = opts["app_dir"] or os.getcwd()
-        if opts["admin"] is None:
-            opts["admin"] = "127.0.0.1:0"  # loopback, on a free port
-        configs = [build_config(opts)]
+        if not values.get("app_dir"):
+            values["app_dir"] = os.getcwd()
+        configs = [build_config(target, {**defaults, **values})]
     result = call("start", {"configs": [c.to_dict() for c in configs]}, start_daemon=True)
     print_status(result, as_json)
 

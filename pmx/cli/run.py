@@ -9,9 +9,11 @@ from typing import Any
 import click
 
 from pmx import aio
-from pmx.cli.options import app_options, build_config
+from pmx.cli.options import app_options, build_config, given, is_config_file, load_file
+from pmx.config import AppConfig
 from pmx.errors import BootError, PmxError
 from pmx.master.arbiter import Master
+from pmx.settings import Scope
 
 
 class BootFailed(click.ClickException):
@@ -41,14 +43,16 @@ def setup_logging(level: str) -> None:
 
 
 @click.command()
-@app_options
-def run(**opts: Any) -> None:
-    """Run TARGET (module:attribute) with N workers in the foreground.
+@app_options(Scope.RUN)
+def run(target: str, **opts: Any) -> None:
+    """Run TARGET (module:attribute, or a pmx.toml holding one app) with N workers in
+    the foreground. Options given with a config file override its values.
 
     The master listens on --bind and hands each connection to a worker; SIGTERM or
     Ctrl-C stops gracefully (a second Ctrl-C stops at once).
     """
-    config = build_config(opts)
+    values = given(opts)
+    config = one_app(target, values) if is_config_file(target) else build_config(target, values)
     setup_logging(config.log_level)
     try:
         aio.run(Master(config).serve())
@@ -56,3 +60,15 @@ def run(**opts: Any) -> None:
         raise BootFailed(exc) from None
     except PmxError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def one_app(path: str, overrides: dict[str, Any]) -> AppConfig:
+    """The app of a config file that must hold one; the options given override it."""
+    configs = load_file(path, {}, overrides)
+    if len(configs) != 1:
+        names = ", ".join(f"'{c.name}'" for c in configs)
+        raise click.ClickException(
+            f"config file '{path}' holds {len(configs)} apps ({names}); pmx run runs one: "
+            f"start them all with 'pmx start {path}', or give pmx run a file with one [[app]]."
+        )
+    return configs[0]
