@@ -7,15 +7,15 @@ up. A second worker for a slot that has one is refused (``SlotTaken``), whatever
 
 Each slot is in one ``SlotState``, moved only by ``Slots._move``, which logs the move::
 
-                 spawn                       spawn_replacement
-    empty ─────────────────────► held ────────────────────────────► replacing
-     │  ▲                        ▲ │ ▲                                  │
-     │  └── its worker leaves ───┘ │ └── the replacement takes over, ───┘
-     │      (drained or exited)    │     fails, or is abandoned; or the
-     │                             │     old worker leaves and the
-     │ schedule                    │     replacement holds the slot alone
-     ▼           the timer's spawn │
-    waiting ───────────────────────┘
+               spawn                          spawn_replacement
+    empty ─────────────────────► held ───────────────────────────────► replacing
+    │ ▲ ▲                        │  ▲                                     │
+    │ │ └── its worker leaves ───┘  └── the replacement takes over; or it ┘
+    │ │     (drained or exited)         fails or is abandoned (the old one
+    │ │                                 serves on); or the old one leaves
+    │ │ the respawn is due              (the replacement holds the slot)
+    ▼ │ (then spawn)
+    waiting
 
 A worker *leaves* its slot when it is drained (from then on it only finishes what it
 holds) or when it exits. A slot left empty is the master's to refill (``schedule``, after
