@@ -411,3 +411,16 @@ def test_admin_health_follows_the_rotation():
             status, _kind, body = await admin.route("GET", "/health")
             assert status == 200 and b'"in_rotation": 1' in body
     scenario(body)
+
+
+def test_a_reload_of_a_slot_being_recycled_says_so():
+    async def body() -> None:
+        async with running(workers=1, max_requests=100) as run:
+            await run.settled(1)
+            run.fleet.auto_ready = False
+            run.fleet.running()[0].served(100)
+            await until(lambda: len(run.fleet.started) == 2, what="the recycling")
+            with pytest.raises(ReloadError) as caught:
+                await run.master.start_reload()
+            assert caught.value.message == "worker #1 is already being replaced."
+    scenario(body)

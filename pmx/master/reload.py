@@ -26,7 +26,7 @@ import logging
 
 from pmx.errors import BootError, PmxError
 from pmx.master.roles import Replacing
-from pmx.master.slots import SlotTaken
+from pmx.master.slots import SlotState, SlotTaken
 from pmx.master.states import AppState
 from pmx.master.workers import Worker, WorkerState
 
@@ -59,6 +59,8 @@ class Reloader:
         """Swap ``old`` for a fresh worker in the same slot; raise ReloadError if the new
         one cannot start (``old`` then keeps serving)."""
         master = self.master
+        if master.slots.state(old.id) is SlotState.REPLACING:
+            raise ReloadError(f"worker #{old.id} is already being replaced.")
         try:
             new = master.slots.spawn_replacement(old)
         except SlotTaken as exc:
