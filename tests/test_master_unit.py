@@ -424,3 +424,26 @@ def test_a_reload_of_a_slot_being_recycled_says_so():
                 await run.master.start_reload()
             assert caught.value.message == "worker #1 is already being replaced."
     scenario(body)
+
+
+def test_several_workers_due_are_recycled_together_up_to_half_the_slots():
+    """Issue 10, item 9: one replacement at a time made workers serve far past their
+    limit. Workers due together are replaced together, at most half the slots at once
+    (each replacement boots an interpreter beside the workers serving)."""
+    async def body() -> None:
+        async with running(workers=4, max_requests=100) as run:
+            await run.settled(4)
+            run.fleet.auto_ready = False
+            old = run.fleet.running()
+            for fake in old:
+                fake.served(100)
+            await until(lambda: len(run.fleet.started) == 6, what="two replacements")
+            await asyncio.sleep(0.3)  # three supervisor ticks: no third one
+            assert len(run.fleet.started) == 6
+            run.fleet.auto_ready = True
+            for fake in run.fleet.started[4:]:
+                fake.ready()
+            await until(lambda: not any(f.running for f in old), what="all four recycled")
+            await run.settled(4)
+            assert sorted(h["worker"] for h in run.master.history) == [1, 2, 3, 4]
+    scenario(body)

@@ -7,9 +7,11 @@ Every TICK the supervisor
   and its children, over the limit for MEMORY_STRIKES samples in a row marks it for
   recycling;
 - marks a worker that has served its ``request_limit`` (``max_requests`` + jitter);
-- replaces one marked worker at a time through the reloader's ``replace`` (a fresh
-  worker ready first, then the old one drains), and never during a reload; a worker
-  failing its health checks long enough is replaced the same way;
+- replaces the marked workers through the reloader's ``replace`` (a fresh worker ready
+  first, then the old one drains), several at once but never more than half the slots
+  (rounded up): each replacement boots an interpreter beside the workers serving.
+  Never during a reload. A worker failing its health checks long enough is replaced
+  the same way;
 - SIGKILLs a draining worker still running ``graceful_timeout`` after its drain began.
 """
 
@@ -21,6 +23,7 @@ import logging
 from pmx.backoff import Backoff
 from pmx.master.roles import Replacer, Supervised
 from pmx.master.sampler import Sampler
+from pmx.master.slots import SlotState
 from pmx.master.states import AppState
 from pmx.master.workers import Worker, WorkerState
 
@@ -99,10 +102,14 @@ class Supervisor:
                 worker.memory = self.sampler.tree_rss(worker.pid)
                 over = worker.memory > config.max_memory
                 worker.memory_strikes = worker.memory_strikes + 1 if over else 0
-        busy = self.replacing or master.slots.replacing() or self.reloader.busy
-        if busy or master.state is not AppState.RUNNING or now < self.retry_at:
+        if self.reloader.busy or master.state is not AppState.RUNNING or now < self.retry_at:
             return
+        room = (len(master.slots.ids()) + 1) // 2 - len(self.replacing)  # half, rounded up
         for worker in master.slots.holders():
+            if room <= 0:
+                break
+            if master.slots.state(worker.id) is not SlotState.HELD:
+                continue  # being replaced already
             reason = due(worker) if worker.state is WorkerState.READY else ""
             if reason:
                 log.info("replacing worker #%d (pid %d): %s", worker.id, worker.pid,
@@ -111,7 +118,7 @@ class Supervisor:
                     self.reloader.replace(worker, reason))
                 self.replacing.add(task)
                 task.add_done_callback(self._done)
-                break
+                room -= 1
 
     def _done(self, task: asyncio.Task[Worker]) -> None:
         self.replacing.discard(task)
