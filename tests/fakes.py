@@ -70,10 +70,14 @@ class FakeWorker:
         self.master_end.setblocking(False)
         self.slot = LoadSlot.create()
         self.process = FakeProcess(pid, self)
-        self.hung = False  # a frozen loop: no probe answered, STOP not read
+        self.hung = False  # a frozen loop: no stamp, no probe answered, STOP not read
         self.stopped = False  # got STOP
         self.ready_sent = False
-        asyncio.get_running_loop().add_reader(self.chan.fileno(), self._on_message)
+        self.requests = 0
+        self.slot.put(0, 0, 0, 0, 0)  # a real worker stamps its slot before READY
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.chan.fileno(), self._on_message)
+        self.ticker = loop.create_task(self._tick())
 
     @property
     def pid(self) -> int:
@@ -96,12 +100,21 @@ class FakeWorker:
         self._send(channel.LEAVING)
 
     def served(self, requests: int) -> None:
+        self.requests = requests
         self.slot.put(0, 0, 0, requests, 0)
+
+    async def _tick(self) -> None:
+        """An idle loop stamps its slot every 0.1 s (pmx.worker.process TICK)."""
+        while self.running:
+            await asyncio.sleep(0.1)
+            if not self.hung and self.running:
+                self.slot.put(0, 0, 0, self.requests, 0)
 
     def exit(self, code: int) -> None:
         if not self.running:
             return
         loop = asyncio.get_running_loop()
+        self.ticker.cancel()
         try:
             loop.remove_reader(self.chan.fileno())
         except ValueError:

@@ -447,3 +447,26 @@ def test_several_workers_due_are_recycled_together_up_to_half_the_slots():
             await run.settled(4)
             assert sorted(h["worker"] for h in run.master.history) == [1, 2, 3, 4]
     scenario(body)
+
+
+def test_a_worker_frozen_while_idle_leaves_the_rotation_within_the_health_timeout():
+    """Issue 10, item 8: a worker frozen while idle (SIGSTOP) stayed in rotation for
+    three failed probes, 5 s with the defaults. Its load slot shows it sooner: an idle
+    loop stamps it ten times a second, so a stamp older than --health-timeout means the
+    loop is not turning. Here no probe is even sent (--health-interval 60)."""
+    async def body() -> None:
+        async with running(workers=2, health_interval=60, health_timeout=0.5) as run:
+            await run.settled(2)
+            frozen = run.fleet.running(1)[0]
+            frozen.hung = True
+            await until(lambda: run.in_rotation() == [run.fleet.running(2)[0].pid], 2,
+                        "the frozen worker to leave the rotation")
+            assert run.master.live[0].health.state.value == "failing"
+            frozen.hung = False  # SIGCONT: probes pass again, and it is back
+            for worker in run.master.live:
+                run.master.probe(worker)
+            await asyncio.sleep(0.05)
+            for worker in run.master.live:
+                run.master.probe(worker)
+            await run.settled(2)
+    scenario(body)

@@ -324,6 +324,17 @@ class Master:
             self._out_of_rotation(worker)
             self._announce()  # a worker that never passed no longer holds up the start
 
+    def record_stall(self, worker: Worker, seconds: float) -> None:
+        """An idle worker whose loop has not turned for ``seconds`` (frozen, or stuck
+        outside any request) fails its health check at once."""
+        if worker.state is not WorkerState.READY or worker.health.state is Health.FAILING:
+            return
+        worker.health.stall()
+        log.warning("worker #%d (pid %d) has not turned its loop for %.1f s while idle: "
+                    "out of rotation", worker.id, worker.pid, seconds)
+        self._out_of_rotation(worker)
+        self._announce()
+
     def _admit(self, worker: Worker) -> None:
         """The worker joins the rotation: it is handed connections from now on."""
         self.dispatch.add(worker)

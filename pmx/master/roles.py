@@ -90,6 +90,9 @@ class Supervised(Protocol):
 
     def record_probe(self, worker: Worker, healthy: bool) -> None: ...
 
+    def record_stall(self, worker: Worker, seconds: float) -> None:
+        """``worker``, idle, has not stamped its load slot for ``seconds``."""
+
 
 class Watched(Protocol):
     """The file watcher's view (pmx.master.watch)."""

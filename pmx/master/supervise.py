@@ -3,6 +3,9 @@
 Every TICK the supervisor
 - times out unanswered probes (a failure) and sends the next probe every
   ``health_interval`` to each ready worker (``probe``/``record_probe`` of the master);
+- takes out of rotation at once an idle worker whose load slot has not been stamped
+  for ``health_timeout`` (at least STALL_MIN; its loop is frozen, or stuck outside any request:
+  ``record_stall``), without waiting for ``fall`` probes to fail;
 - samples memory every ``memory_interval`` when ``max_memory`` is set: RSS of the worker
   and its children, over the limit for MEMORY_STRIKES samples in a row marks it for
   recycling;
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from pmx.backoff import Backoff
 from pmx.master.roles import Replacer, Supervised
@@ -31,6 +35,9 @@ log = logging.getLogger("pmx.master")
 
 TICK = 0.1
 MEMORY_STRIKES = 3
+# An idle worker stamps its load slot every 0.1 s: ten missed stamps at least, whatever
+# --health-timeout, before its loop counts as frozen (a loaded machine can delay a few).
+STALL_MIN = 1.0
 
 
 def due(worker: Worker) -> str:
@@ -91,6 +98,9 @@ class Supervisor:
                 continue
             if worker.state is not WorkerState.READY:
                 continue
+            stalled = _stalled(worker)
+            if stalled > max(config.health_timeout, STALL_MIN):
+                master.record_stall(worker, stalled)
             sent = worker.probe_sent_at
             if sent is not None and now - sent > config.health_timeout:
                 worker.probe_sent_at = None
@@ -129,6 +139,20 @@ class Supervisor:
                       delay, task.exception())
         else:
             self.retry.failures = 0
+
+
+def _stalled(worker: Worker) -> float:
+    """How long an idle worker's loop has not turned (0.0 if busy or turning). An idle
+    worker stamps its load slot every 0.1 s (pmx.worker.process TICK), with
+    CLOCK_MONOTONIC, which is system-wide; a worker with requests in flight may be
+    inside a long synchronous call, which is least-busy's business, not a health
+    failure."""
+    if worker.slot is None:
+        return 0.0
+    _received, _connections, inflight, _r, _b, _budget, active_at = worker.slot.raw()
+    if inflight or not active_at:
+        return 0.0
+    return max(0.0, time.monotonic() - active_at)
 
 
 def _why(worker: Worker, reason: str) -> str:
