@@ -114,10 +114,10 @@ def test_a_crashed_worker_is_respawned_in_its_slot_with_a_backoff():
             await run.settled(2)
             second = run.fleet.running(1)[0]
             assert second.pid != first.pid
-            history = run.master.history
+            history = run.master.history.records
             assert [(h["worker"], h["pid"], h["reason"]) for h in history] == [
                 (1, first.pid, "crash")]
-            assert run.master.restarts == {1: 1}
+            assert run.master.history.by_slot == {1: 1}
     scenario(body)
 
 
@@ -180,7 +180,7 @@ def test_a_worker_told_to_stop_from_outside_is_drained_and_replaced():
             old.leave()
             await until(lambda: old.stopped and not old.running, what="the drain")
             await run.settled(2)
-            assert run.master.history[-1]["reason"] == "signal"
+            assert run.master.history.records[-1]["reason"] == "signal"
     scenario(body)
 
 
@@ -197,7 +197,7 @@ def test_a_reload_replaces_every_worker_new_one_first():
             await run.settled(3)
             assert {f.pid for f in run.fleet.running()} == set(new)
             assert all(run.fleet.of(pid).stopped for pid in old)
-            assert sorted(h["pid"] for h in run.master.history) == sorted(old)
+            assert sorted(h["pid"] for h in run.master.history.records) == sorted(old)
     scenario(body)
 
 
@@ -315,8 +315,8 @@ def test_max_requests_recycles_a_worker_new_one_first():
             await until(lambda: not old.running, what="the recycling")
             await run.settled(2)
             assert old.stopped
-            assert run.master.history[-1]["reason"] == "max-requests"
-            assert run.master.history[-1]["pid"] == old.pid
+            assert run.master.history.records[-1]["reason"] == "max-requests"
+            assert run.master.history.records[-1]["pid"] == old.pid
     scenario(body)
 
 
@@ -445,7 +445,7 @@ def test_several_workers_due_are_recycled_together_up_to_half_the_slots():
                 fake.ready()
             await until(lambda: not any(f.running for f in old), what="all four recycled")
             await run.settled(4)
-            assert sorted(h["worker"] for h in run.master.history) == [1, 2, 3, 4]
+            assert sorted(h["worker"] for h in run.master.history.records) == [1, 2, 3, 4]
     scenario(body)
 
 

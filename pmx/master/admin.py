@@ -189,6 +189,6 @@ class _Collector:
         reasons = ("crash", "boot", "signal", "reload", "memory", "max-requests", "health",
                    "scale")
         for reason in reasons:
-            restarts.add_metric([app, reason], master.restart_reasons.get(reason, 0))
+            restarts.add_metric([app, reason], master.history.by_reason.get(reason, 0))
         yield from (requests, duration, connections, inflight, rss_family, cpu, healthy, restarts)
 

@@ -38,7 +38,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,17 +55,24 @@ from pmx.master.admin import Admin
 from pmx.master.balancer import make_policy
 from pmx.master.dispatch import Dispatcher
 from pmx.master.health import Health
+from pmx.master.history import History
 from pmx.master.reload import Reloader
 from pmx.master.sampler import Sampler
 from pmx.master.slots import Slots, SlotState
 from pmx.master.states import MASTER_FLOW, AppState, Lifecycle
 from pmx.master.supervise import Supervisor
 from pmx.master.watch import watch
-from pmx.master.workers import HAS_PIDFD, Launcher, Worker, WorkerState, describe_exit, launch
+from pmx.master.workers import (
+    HAS_PIDFD,
+    Launcher,
+    Worker,
+    WorkerState,
+    boot_error,
+    describe_exit,
+    launch,
+)
 
 log = logging.getLogger("pmx.master")
-
-HISTORY = 50  # restart records kept for `pmx describe`
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -93,9 +99,7 @@ class Master:
         self.lifecycle = Lifecycle(f"app {config.name}", MASTER_FLOW, log)
         self.live: list[Worker] = []  # every worker process not reaped yet
         self.backoffs: dict[int, Backoff] = {}
-        self.restarts: dict[int, int] = {}
-        self.restart_reasons: dict[str, int] = {}
-        self.history: list[dict[str, Any]] = []
+        self.history = History()
         self.boot_failures = 0
         self.errored_because = ""  # why the app errored (the last boot error)
         self.announced = False  # the daemon was told the app is up (once per master)
@@ -217,7 +221,7 @@ class Master:
         if self.state is AppState.STOPPING and sig == signal.SIGINT:
             log.warning("second SIGINT: stopping now, killing %d worker(s)", len(self.live))
             for worker in self.live:
-                self._kill(worker)
+                worker.kill()
             return
         self.begin_stop(signal.Signals(sig).name)
 
@@ -392,7 +396,7 @@ class Master:
         self.slots.leave(worker)
         if worker.state is WorkerState.STARTING:
             worker.transition(WorkerState.DRAINING, "stop before ready")
-            self._signal(worker, signal.SIGTERM)
+            worker.signal(signal.SIGTERM)
             return
         worker.transition(WorkerState.DRAINING)
         worker.drain_deadline = self.clock() + self.config.graceful_timeout
@@ -427,17 +431,9 @@ class Master:
         """Release what the master holds of an exited worker."""
         self.live.remove(worker)
         self._out_of_rotation(worker)
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(worker.chan.fileno())
+        asyncio.get_running_loop().remove_reader(worker.chan.fileno())
         self._on_message(worker)  # a last ERROR may still be queued
-        worker.chan.close()
-        if worker.slot is not None:
-            worker.slot.close()
-            worker.slot = None
-        if worker.pidfd >= 0:
-            loop.remove_reader(worker.pidfd)
-            os.close(worker.pidfd)
-            worker.pidfd = -1
+        worker.close()
 
     def _on_exit(self, worker: Worker, code: int) -> None:
         self._forget(worker)
@@ -496,25 +492,10 @@ class Master:
         self._respawn_later(worker.id, delay)
 
     def record(self, worker: Worker, reason: str, detail: str) -> None:
-        self.restarts[worker.id] = self.restarts.get(worker.id, 0) + 1
-        self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
-        self.history.append({
-            "time": time.time(), "worker": worker.id, "pid": worker.pid,
-            "reason": reason, "detail": detail,
-            "error": (worker.error.strip().splitlines() or [""])[-1],
-        })
-        del self.history[:-HISTORY]
+        self.history.record(worker, reason, detail)
 
     def _boot_error(self, worker: Worker, code: int) -> BootError:
-        error = worker.error.strip()
-        if not error:
-            return BootError(
-                f'app "{self.config.app}" failed to start: '
-                f"worker exited before it was ready ({describe_exit(code)})."
-            )
-        lines = error.splitlines()
-        detail = "\n".join(lines[-12:]) if len(lines) > 1 else ""
-        return BootError(f'app "{self.config.app}" failed to start: {lines[-1]}', detail)
+        return boot_error(self.config.app, worker, code)
 
     def _give_up(self, worker: Worker, code: int) -> None:
         self.lifecycle.to(AppState.ERRORED, f"{self.boot_failures} boot failures in a row")
@@ -584,30 +565,17 @@ class Master:
                         "(graceful timeout); sending SIGKILL",
                         worker.id, worker.pid, self.config.graceful_timeout,
                     )
-                    self._kill(worker)
+                    worker.kill()
             self.reap()
         if not self.live:
             self.lifecycle.to(AppState.STOPPED)
             if self.failure is None:
                 log.info("%s stopped", self.config.name)
 
-    def _signal(self, worker: Worker, sig: int) -> None:
-        try:
-            worker.process.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-    def _kill(self, worker: Worker) -> None:
-        self._signal(worker, signal.SIGKILL)
-        try:
-            worker.process.wait(5)
-        except subprocess.TimeoutExpired:
-            log.error("worker #%d (pid %d) did not die after SIGKILL", worker.id, worker.pid)
-
     def _kill_all(self) -> None:
         for worker in list(self.live):
             if worker.process.poll() is None:
-                self._kill(worker)
+                worker.kill()
         self.live.clear()
 
     def _url(self) -> str:

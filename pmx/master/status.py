@@ -21,7 +21,7 @@ def worker_status(master: Observed, worker: Worker, now: float) -> dict[str, Any
         "pid": worker.pid,
         "state": worker.state.value,
         "uptime": round(now - worker.started_at, 3),
-        "restarts": master.restarts.get(worker.id, 0),
+        "restarts": master.history.by_slot.get(worker.id, 0),
         "cpu": cpu,
         "memory": memory,
         "connections": worker.load,
@@ -46,7 +46,7 @@ def snapshot(master: Observed) -> dict[str, Any]:
         "master_cpu": cpu,
         "master_memory": memory,
         "workers": [worker_status(master, w, now) for w in sorted(master.live, key=_order)],
-        "history": list(master.history),
+        "history": list(master.history.records),
         "time": time.time(),
     }
 

@@ -7,6 +7,7 @@ import enum
 import logging
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 from pmx import channel
 from pmx.config import AppConfig
+from pmx.errors import BootError
 from pmx.loadslot import Load, LoadSlot
 from pmx.master.balancer import Snapshot
 from pmx.master.health import HealthCheck
@@ -149,6 +151,31 @@ class Worker:
         load = self.sent - received + connections
         return Snapshot(load, inflight, stuck, blockers, 0 < budget <= load)
 
+    def signal(self, sig: int) -> None:
+        try:
+            self.process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL, and wait for the exit (5 s at most)."""
+        self.signal(signal.SIGKILL)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            log.error("worker #%d (pid %d) did not die after SIGKILL", self.id, self.pid)
+
+    def close(self) -> None:
+        """Release the master's side of an exited worker: channel, load slot, pidfd."""
+        self.chan.close()
+        if self.slot is not None:
+            self.slot.close()
+            self.slot = None
+        if self.pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+
     def transition(self, new: WorkerState, why: str = "") -> None:
         if new not in _ALLOWED[self.state]:
             raise RuntimeError(
@@ -214,10 +241,22 @@ def launch(
     )
 
 
+def boot_error(app: str, worker: Worker, code: int) -> BootError:
+    """Why ``worker`` of ``app`` exited before it was ready: the last line of the error
+    it sent, with the tail of its traceback as the detail."""
+    error = worker.error.strip()
+    if not error:
+        return BootError(
+            f'app "{app}" failed to start: '
+            f"worker exited before it was ready ({describe_exit(code)})."
+        )
+    lines = error.splitlines()
+    detail = "\n".join(lines[-12:]) if len(lines) > 1 else ""
+    return BootError(f'app "{app}" failed to start: {lines[-1]}', detail)
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
-        import signal
-
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
