@@ -74,7 +74,7 @@ from pmx.master.workers import (
 
 log = logging.getLogger("pmx.master")
 
-Listener = Callable[[str, dict[str, Any]], None]
+Subscriber = Callable[[str, dict[str, Any]], None]  # (event kind, data)
 
 
 class Master:
@@ -108,7 +108,7 @@ class Master:
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.tick_interval = 1.0 if HAS_PIDFD else 0.2
         self.admin_address = ""
-        self._listeners: list[Listener] = []
+        self._subscribers: list[Subscriber] = []
         # The parts, each handed the master as the narrow interface it needs.
         self.slots = Slots(self._start_worker)
         self.sampler = Sampler()
@@ -123,14 +123,14 @@ class Master:
     def policy_name(self) -> str:
         return self.policy.name
 
-    def subscribe(self, listener: Listener) -> None:
-        """Have ``listener(kind, data)`` called for each event reported to the daemon:
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Have ``subscriber(kind, data)`` called for each event reported to the daemon:
         ``ready``, ``errored``, ``scaled`` (pmx.master.control)."""
-        self._listeners.append(listener)
+        self._subscribers.append(subscriber)
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        for listener in self._listeners:
-            listener(kind, data)
+        for subscriber in self._subscribers:
+            subscriber(kind, data)
 
     # ----------------------------------------------------------------- main loop
 

@@ -153,8 +153,8 @@ class Administered(Protocol):
 class Controlled(Protocol):
     """The control server's view (pmx.master.control)."""
 
-    def subscribe(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
-        """Have ``listener(kind, data)`` called for each event the master reports."""
+    def subscribe(self, subscriber: Callable[[str, dict[str, Any]], None]) -> None:
+        """Have ``subscriber(kind, data)`` called for each event the master reports."""
 
     def snapshot(self) -> dict[str, Any]: ...
 
