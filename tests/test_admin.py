@@ -78,3 +78,33 @@ def test_health_workers_and_a_live_probe(pmx_run):
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     wait_for(lambda: get(admin, "/health")[0] == 200, 10, "/health back to 200")
+
+
+def test_a_worker_frozen_while_idle_leaves_the_rotation_before_its_probes_fail(pmx_run):
+    """Issue 10, item 8: with the default health settings three failed probes took 5 s.
+    A frozen worker stops stamping its load slot; after 1 s of that it is out."""
+    import time
+
+    admin = free_port()
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--admin", f"127.0.0.1:{admin}")
+    run.wait_serving(2)
+
+    def health_of(worker_id: int) -> str:
+        workers = json.loads(get(admin, "/workers")[1])["workers"]
+        return next(w["health"] for w in workers if w["id"] == worker_id)
+
+    wait_for(lambda: health_of(1) == "ok", 5, "worker #1 to pass a probe")
+    pid = next(w["pid"] for w in json.loads(get(admin, "/workers")[1])["workers"]
+               if w["id"] == 1)
+    os.kill(pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        wait_for(lambda: health_of(1) == "failing", 5, "the frozen worker to be seen")
+        assert time.monotonic() - frozen_at < 3.0
+        assert json.loads(get(admin, "/health")[1])["in_rotation"] == 1
+        for _ in range(10):
+            assert int(get(run.port, "/pid")[1]) != pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: health_of(1) == "ok", 15, "the worker back in rotation")
+    assert "has not turned its loop" in run.log()

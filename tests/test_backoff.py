@@ -1,6 +1,6 @@
 import pytest
 
-from pmx.master.backoff import Backoff
+from pmx.backoff import Backoff
 
 
 def delays(backoff, uptimes):

@@ -12,7 +12,7 @@ from pmx.master.control import Control
 def ask(request: dict) -> dict:
     async def scenario() -> dict:
         ours, theirs = channel.socketpair()
-        control = Control(ours, types.SimpleNamespace(on_event=None, scale=print))  # type: ignore[arg-type]
+        control = Control(ours, types.SimpleNamespace(scale=print))  # type: ignore[arg-type]
         control.start()
         theirs.setblocking(False)
         loop = asyncio.get_running_loop()

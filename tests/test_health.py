@@ -43,3 +43,14 @@ def test_due_for_replacement_after_failing_long_enough():
 
 def test_health_values_are_what_status_shows():
     assert [h.value for h in Health] == ["unknown", "ok", "failing"]
+
+
+def test_a_stall_fails_at_once_and_passes_bring_it_back():
+    check = HealthCheck(fall=3, rise=2, replace_after=6)
+    check.record(True)
+    assert check.stall() is Health.FAILING and check.failures == 3
+    assert check.record(True) is Health.FAILING
+    assert check.record(True) is Health.OK
+    check.stall()
+    assert [check.record(False) for _ in range(3)][-1] is Health.FAILING
+    assert check.due_for_replacement  # 3 + 3 failures in a row

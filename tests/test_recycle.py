@@ -55,7 +55,10 @@ def test_stopped_worker_leaves_rotation_then_is_replaced(pmx):
     stopped_at = time.monotonic()
     try:
         log = pmx.home / "logs" / "web.err.log"
-        wait_for(lambda: f"(pid {victim}) failed 3 health checks" in log.read_text(), 5,
+        # Whichever comes first: three failed probes, or its load slot not stamped
+        # for 1 s (idle and frozen).
+        wait_for(lambda: f"(pid {victim}) failed 3 health checks" in log.read_text()
+                 or f"(pid {victim}) has not turned its loop" in log.read_text(), 5,
                  "the stopped worker to leave the rotation")
         assert time.monotonic() - stopped_at <= 3 * 0.3 + 0.3 + 1
         with SteadyLoad(port, "/pid", clients=3, keep_alive=1) as load:

@@ -241,3 +241,15 @@ def test_no_apps_message(snap):
     assert render_table(snap, 80) == "No apps running. Start one with: pmx start module:app"
     assert EMPTY_MESSAGE == render_table(snap, 80)
     assert status_rows(snap) == []
+
+
+def test_monit_shows_the_status_rows_plus_requests_per_second():
+    from pmx.cli.monit import build
+
+    snapshot = {"apps": [app("web", [worker(1, 11), worker(2, 12, cpu=None)]),
+                         app("down", [], state="errored")]}
+    table = build(snapshot, {("web", 11): 12.34})
+    cells = [[column._cells[i] for column in table.columns] for i in range(table.row_count)]
+    shown = ["app", "id", "pid", "state", "uptime", "cpu", "mem", "conns"]
+    assert cells == [[row[c] for c in shown] + [rate]
+                     for row, rate in zip(status_rows(snapshot), ["12.3", "-", "-"], strict=True)]

@@ -15,7 +15,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pmx.cli.table import format_bytes, format_cpu, format_uptime
+from pmx.cli.table import MISSING, worker_rows
+
+# The status table's columns that monit shows, then its own: requests per second.
+COLUMNS = ("app", "id", "pid", "state", "uptime", "cpu", "mem", "conns")
 
 
 def rates(before: dict[str, Any] | None, after: dict[str, Any], seconds: float) -> dict:
@@ -36,18 +39,12 @@ def rates(before: dict[str, Any] | None, after: dict[str, Any], seconds: float) 
 
 def build(snapshot: dict[str, Any], rps: dict) -> Table:
     table = Table(title="pmx monit  (q to quit)", expand=False)
-    for header in ("app", "id", "pid", "state", "uptime", "cpu", "mem", "conns", "req/s"):
+    for header in (*COLUMNS, "req/s"):
         table.add_column(header, justify="right" if header not in ("app", "state") else "left")
-    for app in snapshot["apps"]:
-        if not app["workers"]:
-            table.add_row(app["name"], "-", "-", app["state"], "-", "-", "-", "-", "-")
-        for index, w in enumerate(app["workers"]):
-            rate = rps.get((app["name"], w["pid"]))
-            table.add_row(
-                app["name"] if index == 0 else "", str(w["id"]), str(w["pid"]), w["state"],
-                format_uptime(w["uptime"]), format_cpu(w["cpu"]), format_bytes(w["memory"]),
-                str(w["connections"]), "-" if rate is None else f"{rate:.1f}",
-            )
+    for name, worker, row in worker_rows(snapshot):
+        rate = rps.get((name, worker["pid"])) if worker is not None else None
+        table.add_row(*(row[c] for c in COLUMNS),
+                      MISSING if rate is None else f"{rate:.1f}")
     return table
 
 

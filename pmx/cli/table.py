@@ -95,7 +95,15 @@ def status_rows(snapshot: Mapping[str, Any]) -> list[dict[str, str]]:
     The app name appears only on the first row of its group. An app without workers
     (errored or stopped) gets a single row carrying its name and state.
     """
-    rows: list[dict[str, str]] = []
+    return [row for _app, _worker, row in worker_rows(snapshot)]
+
+
+def worker_rows(
+    snapshot: Mapping[str, Any],
+) -> list[tuple[str, Mapping[str, Any] | None, dict[str, str]]]:
+    """``status_rows`` with, for each row, its app's name and its worker (None for an
+    app without workers): the rows ``pmx status`` and ``pmx monit`` share."""
+    rows: list[tuple[str, Mapping[str, Any] | None, dict[str, str]]] = []
     for app in snapshot.get("apps") or []:
         name = str(app.get("name", ""))
         workers = app.get("workers") or []
@@ -103,10 +111,10 @@ def status_rows(snapshot: Mapping[str, Any]) -> list[dict[str, str]]:
             row = {cid: MISSING for cid, _, _ in COLUMNS}
             row["app"] = name
             row["state"] = _text(app.get("state"))
-            rows.append(row)
+            rows.append((name, None, row))
             continue
         for index, worker in enumerate(workers):
-            rows.append({
+            rows.append((name, worker, {
                 "app": name if index == 0 else "",
                 "id": _text(worker.get("id")),
                 "pid": _text(worker.get("pid")),
@@ -118,7 +126,7 @@ def status_rows(snapshot: Mapping[str, Any]) -> list[dict[str, str]]:
                 "conns": _text(worker.get("connections")),
                 "reqs": _text(worker.get("requests")),
                 "health": _text(worker.get("health")),
-            })
+            }))
     return rows
 
 

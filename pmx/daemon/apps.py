@@ -13,7 +13,6 @@ The master's stdout and stderr (and so every worker's) are pipes read here and w
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import signal
@@ -24,31 +23,27 @@ import time
 from typing import Any
 
 from pmx import channel, wire
+from pmx.backoff import Backoff
 from pmx.config import AppConfig
 from pmx.daemon.paths import Home
 from pmx.errors import PmxError
+from pmx.listening import bound_address, listen
 from pmx.logfiles import RotatingLog
-from pmx.master.backoff import Backoff
-from pmx.master.listener import bound_address, listen
+from pmx.master.states import DAEMON_FLOW, AppState, Lifecycle
 
 log = logging.getLogger("pmx.daemon")
 
 CONTROL_TIMEOUT = 2.0
 
 
-class AppState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    ERRORED = "errored"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
+__all__ = ["AppState", "ManagedApp"]
 
 
 class ManagedApp:
     def __init__(self, config: AppConfig, home: Home) -> None:
         self.config = config
         self.home = home
-        self.state = AppState.STOPPED
+        self.lifecycle = Lifecycle(f"app {config.name}", DAEMON_FLOW, log, AppState.STOPPED)
         self.listener: socket.socket | None = None
         self.master: subprocess.Popen[bytes] | None = None
         self.control: socket.socket | None = None
@@ -72,6 +67,10 @@ class ManagedApp:
         ]
         self.pipes: list[int] = []  # write ends, kept so orphaned output still lands
 
+    @property
+    def state(self) -> AppState:
+        return self.lifecycle.state
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -82,7 +81,7 @@ class ManagedApp:
         self.config.bind = str(address)
         self.error = self.detail = ""
         self.failed = False
-        self.state = AppState.STARTING
+        self.lifecycle.to(AppState.STARTING)
         self.started_event = asyncio.Event()
         if not self.pipes:
             self._open_pipes()
@@ -154,7 +153,7 @@ class ManagedApp:
             event = message.get("event")
             if event == "ready":
                 if self.state is AppState.STARTING:
-                    self.state = AppState.RUNNING
+                    self.lifecycle.to(AppState.RUNNING, "ready")
                 self.started_event.set()
             elif event == "scaled":  # also after SIGTTIN/SIGTTOU sent to the master
                 self.config.workers = int(message["workers"])
@@ -163,8 +162,8 @@ class ManagedApp:
                 error = wire.exception(message.get("error"))
                 self.error = str(error)
                 self.detail = getattr(error, "detail", "") or str(message.get("detail") or "")
-                if event == "errored":
-                    self.state = AppState.ERRORED
+                if event == "errored" and self.state is not AppState.STOPPING:
+                    self.lifecycle.to(AppState.ERRORED, "errored")
             elif "id" in message:
                 future = self.pending.pop(message["id"], None)
                 if future is not None and not future.done():
@@ -194,12 +193,12 @@ class ManagedApp:
         self.exited_event.set()
         if self.state is AppState.STOPPING:
             self._release()
-            self.state = AppState.STOPPED
+            self.lifecycle.to(AppState.STOPPED, "master exited")
             return
         if self.failed or code == 1 and self.error:
             log.error("%s errored: %s", self.config.name, self.error)
             self._release()
-            self.state = AppState.ERRORED
+            self.lifecycle.to(AppState.ERRORED, "master failed")
             self.started_event.set()
             return
         uptime = time.monotonic() - self.master_started
@@ -223,9 +222,9 @@ class ManagedApp:
             self.restart_timer = None
         if self.master is None or self.master.poll() is not None or self.pidfd < 0:
             self._release()
-            self.state = AppState.STOPPED
+            self.lifecycle.to(AppState.STOPPED, "no master")
             return
-        self.state = AppState.STOPPING
+        self.lifecycle.to(AppState.STOPPING)
         self.master.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.exited_event.wait(), self.config.graceful_timeout + 5)

@@ -31,6 +31,7 @@ def main() -> None:
     logger.setLevel("DEBUG" if config.log_level == "trace" else config.log_level.upper())
     master = Master(config, listener=listener, log_prefix=True)
     control = Control(control_sock, master)
+    master.subscribe(control.emit)
 
     async def serve() -> None:
         control.start()

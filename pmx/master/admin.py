@@ -29,8 +29,7 @@ from prometheus_client.core import (
 )
 
 from pmx.errors import BindError
-from pmx.master.arbiter import Master
-from pmx.master.status import rss, snapshot
+from pmx.master.roles import Administered
 from pmx.master.workers import WorkerState
 from pmx.worker.metrics import BUCKETS
 
@@ -41,7 +40,7 @@ Response = tuple[int, str, bytes]
 
 
 class Admin:
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: Administered) -> None:
         self.master = master
         self.server: asyncio.base_events.Server | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -88,12 +87,12 @@ class Admin:
             return 405, "text/plain", b"only GET\n"
         path = path.partition("?")[0]
         if path == "/health":
-            ready = len(self.master.dispatch.rotation)
+            ready = self.master.rotation_size()
             body = {"status": "ok" if ready else "unavailable", "in_rotation": ready,
                     "state": self.master.state.value}
             return (200 if ready else 503), "application/json", _json(body)
         if path == "/workers":
-            return 200, "application/json", _json(snapshot(self.master))
+            return 200, "application/json", _json(self.master.snapshot())
         match = _WORKER_HEALTH.fullmatch(path)
         if match:
             return await self._worker_health(int(match.group(1)))
@@ -126,7 +125,7 @@ class Admin:
         body = {
             "id": worker.id, "pid": worker.pid, "state": worker.state.value,
             "health": worker.health.state.value,
-            "in_rotation": worker in self.master.dispatch.rotation,
+            "in_rotation": self.master.in_rotation(worker),
             "probe": probe, "probe_ms": latency,
         }
         return (200 if probe == "pass" else 503), "application/json", _json(body)
@@ -144,7 +143,7 @@ def _json(data: Any) -> bytes:
 class _Collector:
     """Metric families built from the master's state at each scrape."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: Administered) -> None:
         self.master = master
 
     def collect(self) -> Iterator[Any]:
@@ -181,24 +180,15 @@ class _Collector:
                 duration.add_metric(labels, buckets, w.metrics["sum"])
             connections.add_metric(labels, w.load)
             inflight.add_metric(labels, w.report.inflight)
-            rss_family.add_metric(labels, rss(w.pid))
-            cpu.add_metric(labels, _cpu_seconds(w.pid))
-            in_rotation = w in master.dispatch.rotation
+            rss_family.add_metric(labels, master.sampler.rss(w.pid))
+            cpu.add_metric(labels, master.sampler.cpu_seconds(w.pid))
+            in_rotation = master.in_rotation(w)
             healthy.add_metric([*labels, w.state.value], 1 if in_rotation else 0)
         restarts = CounterMetricFamily("pmx_worker_restarts", "Worker replacements by reason.",
                                        labels=["app", "reason"])
         reasons = ("crash", "boot", "signal", "reload", "memory", "max-requests", "health",
                    "scale")
         for reason in reasons:
-            restarts.add_metric([app, reason], master.restart_reasons.get(reason, 0))
+            restarts.add_metric([app, reason], master.history.by_reason.get(reason, 0))
         yield from (requests, duration, connections, inflight, rss_family, cpu, healthy, restarts)
 
-
-def _cpu_seconds(pid: int) -> float:
-    import psutil
-
-    try:
-        times = psutil.Process(pid).cpu_times()
-        return float(times.user + times.system)
-    except psutil.Error:
-        return 0.0

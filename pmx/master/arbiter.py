@@ -1,4 +1,4 @@
-"""The master of one app: supervise workers, dispatch connections, stop.
+"""The master of one app: its state and its loop; the parts that act on it are wired here.
 
 Design. One asyncio loop does everything; nothing blocks it. Four kinds of input reach
 it: the listening socket (``Dispatcher``), each worker's channel (ready / load / error /
@@ -7,66 +7,74 @@ leaving, ``_on_message``), the daemon's control channel when there is one
 enqueue), process exits (pidfds), respawn timers and a periodic tick. ``_handle`` is the
 one place that acts on events.
 
+The master holds the state: the app's ``Lifecycle`` (pmx.master.states), the live worker
+processes, the slot table (pmx.master.slots) and the restart history. The parts are
+handed the master as a narrow interface (pmx.master.roles) and import nothing of this
+module: the ``Reloader`` (reloads and recycling), ``scaling.scale``, the ``Supervisor``
+(probes, memory, recycling, overdue drains), ``watch``, the ``Admin`` endpoint and, from
+``pmx.master.__main__``, the ``Control`` server. Workers are started by an injected
+launcher (``pmx.master.workers.launch``; tests hand it fake workers) and timed by an
+injected clock.
+
 Invariants:
 
 - Only READY workers are in the dispatcher's rotation; a worker leaves the rotation
   *before* it is sent STOP, and STOP is the last message it gets, so every connection
   handed to it is in its channel ahead of the STOP and will be served.
-- The app wants ``config.workers`` workers. A *slot* is a worker id; the workers filling
-  slots are the live ones not draining, plus slots waiting for a respawn timer.
-  ``scale`` changes the wanted count: new slots take the lowest free ids, removed slots
-  are the highest ids and their workers are drained, not killed.
+- The app wants ``config.workers`` workers, one per slot. Every worker is started through
+  the slot table, which refuses a second worker for a slot (a replacement aside, which
+  takes the slot over once it is ready). A drained worker holds no slot.
 - Exits of workers that were not told to stop are failures: the slot is respawned after
   a backoff, unless the app is stopping, never came up (boot error: abort), or has failed
-  to boot ``max_boot_failures`` times in a row (errored: stop respawning).
+  to boot ``max_boot_failures`` times in a row (errored: stop respawning), or the slot's
+  replacement is starting already.
 - When ``serve`` returns or raises, no worker process is left running.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from setproctitle import setproctitle
 
-from pmx import channel
+from pmx import channel, wire
+from pmx.backoff import Backoff
 from pmx.config import AppConfig, parse_bind
 from pmx.errors import AppErrored, BootError, PmxError
 from pmx.limits import raise_fd_limit
-from pmx.master.backoff import Backoff
+from pmx.listening import bound_address, listen
+from pmx.master import scaling, status
+from pmx.master.admin import Admin
 from pmx.master.balancer import make_policy
 from pmx.master.dispatch import Dispatcher
 from pmx.master.health import Health
-from pmx.master.listener import bound_address, listen
-from pmx.master.workers import Worker, WorkerState, describe_exit, launch
+from pmx.master.history import History
+from pmx.master.reload import Reloader
+from pmx.master.sampler import Sampler
+from pmx.master.slots import Slots, SlotState
+from pmx.master.states import MASTER_FLOW, AppState, Lifecycle
+from pmx.master.supervise import Supervisor
+from pmx.master.watch import watch
+from pmx.master.workers import (
+    HAS_PIDFD,
+    Launcher,
+    Worker,
+    WorkerState,
+    boot_error,
+    describe_exit,
+    launch,
+)
 
 log = logging.getLogger("pmx.master")
 
-HISTORY = 50  # restart records kept for `pmx describe`
-# Without pidfds (macOS) exits are found by polling on every tick.
-_HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
-
-
-class AppState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    ERRORED = "errored"  # gave up respawning after repeated boot failures
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved here; reload() has logged the failure
+Subscriber = Callable[[str, dict[str, Any]], None]  # (event kind, data)
 
 
 class Master:
@@ -76,33 +84,53 @@ class Master:
         listener: socket.socket | None = None,
         clock: Callable[[], float] = time.monotonic,
         log_prefix: bool = False,
+        launcher: Launcher = launch,
+        title: bool = True,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.launcher = launcher
+        self.title = title  # set the process title (not when run inside a test)
         self.listener = listener
         self.owns_listener = listener is None
         self.log_prefix = log_prefix  # workers prefix their output lines with their id
         self.address = config.bind_address
         self.policy = make_policy(config.balance)
-        self.state = AppState.STARTING
-        self.live: list[Worker] = []
+        self.lifecycle = Lifecycle(f"app {config.name}", MASTER_FLOW, log)
+        self.live: list[Worker] = []  # every worker process not reaped yet
         self.backoffs: dict[int, Backoff] = {}
-        self.respawns: dict[int, asyncio.TimerHandle] = {}
-        self.restarts: dict[int, int] = {}
-        self.restart_reasons: dict[str, int] = {}
-        self.history: list[dict[str, Any]] = []
+        self.history = History()
         self.boot_failures = 0
         self.errored_because = ""  # why the app errored (the last boot error)
-        self.ever_ready = False
-        self.replacing: set[int] = set()  # slots whose worker is being replaced
-        self.reloading = False
-        self.announced = False
+        self.announced = False  # the daemon was told the app is up (once per master)
         self.failure: PmxError | None = None
         self.stop_deadline = 0.0
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        self.tick_interval = 1.0 if _HAS_PIDFD else 0.2
+        self.tick_interval = 1.0 if HAS_PIDFD else 0.2
         self.admin_address = ""
-        self.on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
+        self._subscribers: list[Subscriber] = []
+        # The parts, each handed the master as the narrow interface it needs.
+        self.slots = Slots(self._start_worker)
+        self.sampler = Sampler()
+        self.reloader = Reloader(self)
+        self.supervisor = Supervisor(self, self.reloader, self.sampler)
+
+    @property
+    def state(self) -> AppState:
+        return self.lifecycle.state
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.name
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Have ``subscriber(kind, data)`` called for each event reported to the daemon:
+        ``ready``, ``errored``, ``scaled`` (pmx.master.control)."""
+        self._subscribers.append(subscriber)
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        for subscriber in self._subscribers:
+            subscriber(kind, data)
 
     # ----------------------------------------------------------------- main loop
 
@@ -116,10 +144,13 @@ class Master:
         self.listener.setblocking(False)
         self.address = bound_address(self.listener, self.address)
         self.dispatch = Dispatcher(self.listener, self.policy)
-        setproctitle(f"pmx: master {self.config.name} {self.address}")
+        if self.title:
+            setproctitle(f"pmx: master {self.config.name} {self.address}")
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
         for sig in handled:
             loop.add_signal_handler(sig, self.events.put_nowait, ("signal", sig))
+        admin: Admin | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
             log.info(
                 "starting %s: %d worker(s) of %s on %s (%s; master pid %d)",
@@ -127,20 +158,14 @@ class Master:
                 self._url(), self.policy.name, os.getpid(),
             )
             if self.config.admin:
-                from pmx.master.admin import Admin
-
                 admin = Admin(self)
                 where = parse_bind(self.config.admin)
                 self.admin_address = await admin.start(where.host, where.port)
             for worker_id in range(1, self.config.workers + 1):
-                self.spawn(worker_id)
-            from pmx.master.supervise import supervise
-
-            supervisor = loop.create_task(supervise(self))
+                self.fill(worker_id)
+            tasks.append(loop.create_task(self.supervisor.run()))
             if self.config.watch:
-                from pmx.master.watch import watch
-
-                watcher = loop.create_task(watch(self))
+                tasks.append(loop.create_task(watch(self, self.reloader)))
             while self.state is not AppState.STOPPED:
                 timeout = 0.05 if self.state is AppState.STOPPING else self.tick_interval
                 try:
@@ -151,11 +176,10 @@ class Master:
         finally:
             # Cancelled and awaited: a task left pending (a replacement under way when
             # the stop came) would be destroyed with the loop, half done.
-            tasks = [t for t in (locals().get("supervisor"), locals().get("watcher")) if t]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if "admin" in locals():
+            if admin is not None:
                 admin.close()
             for sig in handled:
                 loop.remove_signal_handler(sig)
@@ -173,9 +197,9 @@ class Master:
         if kind == "signal":
             self._handle_signal(event[1])
         elif kind == "spawn":
-            self.respawns.pop(event[1], None)
-            if self.state in (AppState.STARTING, AppState.RUNNING) and self.slot_free(event[1]):
-                self.spawn(event[1])
+            running = self.state in (AppState.STARTING, AppState.RUNNING)
+            if running and self.slots.state(event[1]) is SlotState.WAITING:
+                self.fill(event[1])
         self.reap()
         if self.state is AppState.STOPPING:
             self._check_stop()
@@ -197,36 +221,46 @@ class Master:
         if self.state is AppState.STOPPING and sig == signal.SIGINT:
             log.warning("second SIGINT: stopping now, killing %d worker(s)", len(self.live))
             for worker in self.live:
-                self._kill(worker)
+                worker.kill()
             return
         self.begin_stop(signal.Signals(sig).name)
 
     # ------------------------------------------------------------------ workers
 
-    def slot_free(self, worker_id: int) -> bool:
-        """No worker holds slot ``worker_id`` (starting or ready) and none is being
-        started to replace it: a respawn may fill it."""
-        return worker_id not in self.replacing and not any(
-            w.id == worker_id and w.state in (WorkerState.STARTING, WorkerState.READY)
-            for w in self.live
-        )
+    def fill(self, slot_id: int) -> None:
+        """Start a worker in the empty slot ``slot_id``; if the process cannot be started
+        (out of processes, memory or fds), try again after the slot's backoff."""
+        try:
+            self.slots.spawn(slot_id)
+        except OSError as exc:
+            delay = self._backoff(slot_id).on_exit(0.0)
+            log.error("worker #%d could not be started: %s; trying again in %.1f s",
+                      slot_id, exc, delay)
+            self._respawn_later(slot_id, delay)
 
-    def spawn(self, worker_id: int, replacement: bool = False) -> Worker:
-        worker = launch(
-            self.config, worker_id, self.clock(), replacement=replacement,
+    def _start_worker(self, slot_id: int, replacement: bool) -> Worker:
+        """Start a worker process and watch it; the slot table's only way to start one."""
+        worker = self.launcher(
+            self.config, slot_id, self.clock(), replacement=replacement,
             log_prefix=self.log_prefix, live_load=self.policy.name != "round-robin",
             watch_blocks=self.policy.name == "least-busy",
         )
         self.live.append(worker)
-        parent, process = worker.chan, worker.process
         loop = asyncio.get_running_loop()
-        loop.add_reader(parent.fileno(), self._on_message, worker)
-        if _HAS_PIDFD:
-            # Readable when the process exits: reaping without SIGCHLD, which uvloop keeps.
-            worker.pidfd = os.pidfd_open(process.pid)
+        loop.add_reader(worker.chan.fileno(), self._on_message, worker)
+        if worker.pidfd >= 0:
             loop.add_reader(worker.pidfd, self.events.put_nowait, ("exit",))
-        log.debug("worker #%d spawned (pid %d)", worker_id, process.pid)
+        log.debug("worker #%d spawned (pid %d)", slot_id, worker.pid)
         return worker
+
+    def _respawn_later(self, slot_id: int, delay: float) -> None:
+        self.slots.schedule(slot_id, delay, self._respawn_due)
+
+    def _respawn_due(self, slot_id: int) -> None:
+        self.events.put_nowait(("spawn", slot_id))
+
+    def _backoff(self, slot_id: int) -> Backoff:
+        return self.backoffs.setdefault(slot_id, Backoff())
 
     def _on_message(self, worker: Worker) -> None:
         for message, fds in channel.pending(worker.chan):
@@ -256,6 +290,8 @@ class Master:
                 return
 
     def _on_ready(self, worker: Worker) -> None:
+        """The worker has imported the app and run its startup: probe it, and admit it
+        to the rotation once the probe passes (``record_probe``)."""
         if worker.state is not WorkerState.STARTING:
             self._send_stop(worker)
             return
@@ -281,7 +317,7 @@ class Master:
             return
         before = worker.health.state
         after = worker.health.record(healthy)
-        if after is Health.OK and worker not in self.dispatch.rotation:
+        if after is Health.OK and not self.in_rotation(worker):
             if before is Health.FAILING:
                 log.info("worker #%d (pid %d) is healthy again: back in rotation",
                          worker.id, worker.pid)
@@ -289,22 +325,43 @@ class Master:
         elif after is Health.FAILING and before is not Health.FAILING:
             log.warning("worker #%d (pid %d) failed %d health checks in a row: out of rotation",
                         worker.id, worker.pid, worker.health.failures)
-            self.dispatch.remove(worker)
+            self._out_of_rotation(worker)
             self._announce()  # a worker that never passed no longer holds up the start
 
+    def record_stall(self, worker: Worker, seconds: float) -> None:
+        """An idle worker whose loop has not turned for ``seconds`` (frozen, or stuck
+        outside any request) fails its health check at once."""
+        if worker.state is not WorkerState.READY or worker.health.state is Health.FAILING:
+            return
+        worker.health.stall()
+        log.warning("worker #%d (pid %d) has not turned its loop for %.1f s while idle: "
+                    "out of rotation", worker.id, worker.pid, seconds)
+        self._out_of_rotation(worker)
+        self._announce()
+
     def _admit(self, worker: Worker) -> None:
+        """The worker joins the rotation: it is handed connections from now on."""
         self.dispatch.add(worker)
         if worker.ready_waiter is not None and not worker.ready_waiter.done():
             worker.ready_waiter.set_result(None)
-        if not self.ever_ready:
-            self.ever_ready = True
-            self.state = AppState.RUNNING
+        if self.state is AppState.STARTING:
+            self.lifecycle.to(AppState.RUNNING, f"worker #{worker.id} in rotation")
             log.info("%s is serving on %s", self.config.name, self._url())
         self._announce()
 
+    def _out_of_rotation(self, worker: Worker) -> None:
+        """The worker is handed no more connections (failing, draining or gone)."""
+        self.dispatch.remove(worker)
+
+    def in_rotation(self, worker: Worker) -> bool:
+        return worker in self.dispatch.rotation
+
+    def rotation_size(self) -> int:
+        return len(self.dispatch.rotation)
+
     def _announce(self) -> None:
         """Tell the daemon the app is up once no initial worker is still starting."""
-        if self.announced or not self.ever_ready:
+        if self.announced or self.state not in (AppState.RUNNING, AppState.ERRORED):
             return
         if any(
             w.state is WorkerState.STARTING
@@ -313,7 +370,7 @@ class Master:
         ):
             return
         self.announced = True
-        self.on_event("ready", {"bind": str(self.address)})
+        self._emit("ready", {"bind": str(self.address)})
 
     def _on_leaving(self, worker: Worker) -> None:
         """The worker got SIGTERM from someone: drain it and start a replacement."""
@@ -322,21 +379,41 @@ class Master:
             self.drain(worker)
             if self.state in (AppState.STARTING, AppState.RUNNING):
                 self.record(worker, "signal", "SIGTERM")
-                if self.slot_free(worker.id):  # else its replacement is starting already
-                    self.spawn(worker.id)
+                if self.slots.state(worker.id) is SlotState.EMPTY:  # else its replacement
+                    self.fill(worker.id)                            # holds the slot now
         else:
             self._send_stop(worker)
 
+    def retire(self, worker: Worker, reason: str, detail: str) -> None:
+        """Record why ``worker`` leaves (reload, recycling, scale), then drain it."""
+        self.record(worker, reason, detail)
+        self.drain(worker)
+
     def drain(self, worker: Worker) -> None:
-        """Out of rotation first, then STOP: no fd can follow the STOP."""
-        self.dispatch.remove(worker)
+        """Out of its slot and out of rotation first, then STOP: no fd can follow the
+        STOP."""
+        self._out_of_rotation(worker)
+        self.slots.leave(worker)
         if worker.state is WorkerState.STARTING:
             worker.transition(WorkerState.DRAINING, "stop before ready")
-            self._signal(worker, signal.SIGTERM)
+            worker.signal(signal.SIGTERM)
             return
         worker.transition(WorkerState.DRAINING)
         worker.drain_deadline = self.clock() + self.config.graceful_timeout
         self._send_stop(worker)
+
+    def abandon(self, worker: Worker, why: str) -> None:
+        """Kill a new worker that will not be used (a replacement not ready in time).
+        If it held its slot alone (the worker it replaced has gone), refill the slot."""
+        if worker.process.poll() is not None or worker.state not in (
+                WorkerState.STARTING, WorkerState.READY):
+            return
+        worker.transition(WorkerState.DRAINING, why)
+        self._out_of_rotation(worker)
+        after = self.slots.leave(worker)
+        worker.process.kill()
+        if after is SlotState.EMPTY and self.state in (AppState.STARTING, AppState.RUNNING):
+            self._respawn_later(worker.id, self._backoff(worker.id).on_exit(0.0))
 
     def _send_stop(self, worker: Worker) -> None:
         try:
@@ -350,35 +427,36 @@ class Master:
             if code is not None:
                 self._on_exit(worker, code)
 
-    def _on_exit(self, worker: Worker, code: int) -> None:
-        worker.exit_code = code
+    def _forget(self, worker: Worker) -> None:
+        """Release what the master holds of an exited worker."""
         self.live.remove(worker)
-        self.dispatch.remove(worker)
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(worker.chan.fileno())
+        self._out_of_rotation(worker)
+        asyncio.get_running_loop().remove_reader(worker.chan.fileno())
         self._on_message(worker)  # a last ERROR may still be queued
-        worker.chan.close()
-        if worker.slot is not None:
-            worker.slot.close()
-            worker.slot = None
-        if worker.pidfd >= 0:
-            loop.remove_reader(worker.pidfd)
-            os.close(worker.pidfd)
-            worker.pidfd = -1
+        worker.close()
+
+    def _on_exit(self, worker: Worker, code: int) -> None:
+        self._forget(worker)
         uptime = self.clock() - worker.started_at
         if worker.state is WorkerState.DRAINING:
             worker.transition(WorkerState.STOPPED)
             log.info("worker #%d (pid %d) stopped (%s)", worker.id, worker.pid, describe_exit(code))
             return
         was_ready = worker.ready_at is not None
+        held_alone = self.slots.role(worker) == "holder"
+        after = self.slots.leave(worker)
         worker.transition(WorkerState.FAILED, describe_exit(code))
         if worker.replacement and not was_ready:
-            # A reload's new worker failed: the reload reports it; the old one serves on.
+            # A new worker failed: its reload or recycling reports it, and the worker it
+            # was to replace serves on. If that one has gone too, the slot is empty.
             error = self._boot_error(worker, code)
             log.error("worker #%d (pid %d) failed to start: %s",
                       worker.id, worker.pid, error.message.partition("failed to start: ")[2])
             if worker.ready_waiter is not None and not worker.ready_waiter.done():
                 worker.ready_waiter.set_exception(error)
+            if held_alone and after is SlotState.EMPTY and self.state in (
+                    AppState.STARTING, AppState.RUNNING):
+                self._respawn_later(worker.id, self._backoff(worker.id).on_exit(uptime))
             return
         if self.state is AppState.STOPPING:
             return
@@ -391,7 +469,7 @@ class Master:
             return
         if not was_ready:
             self.boot_failures += 1
-            if not self.ever_ready and (
+            if self.state is AppState.STARTING and (
                 code == channel.BOOT_ERROR or self.boot_failures >= self.config.max_boot_failures
             ):
                 self._fail(self._boot_error(worker, code))
@@ -400,8 +478,7 @@ class Master:
                 self._give_up(worker, code)
                 return
         self._announce()
-        backoff = self.backoffs.setdefault(worker.id, Backoff())
-        delay = backoff.on_exit(uptime)
+        delay = self._backoff(worker.id).on_exit(uptime)
         log.warning(
             "worker #%d (pid %d) died (%s) after %.1f s; restarting in %.1f s",
             worker.id, worker.pid, describe_exit(code), uptime, delay,
@@ -409,47 +486,26 @@ class Master:
         if worker.error:
             log.warning("worker #%d error: %s", worker.id, worker.error.strip())
         self.record(worker, "crash" if was_ready else "boot", describe_exit(code))
-        if not self.slot_free(worker.id):
+        if after is not SlotState.EMPTY:  # its replacement holds the slot now
             log.info("worker #%d: its replacement is already starting", worker.id)
             return
-        self.respawn_later(worker.id, delay)
-
-    def respawn_later(self, worker_id: int, delay: float) -> None:
-        """Fill slot ``worker_id`` after ``delay`` seconds, if it is still free then."""
-        loop = asyncio.get_running_loop()
-        handle = loop.call_later(delay, self.events.put_nowait, ("spawn", worker_id))
-        self.respawns[worker_id] = handle
+        self._respawn_later(worker.id, delay)
 
     def record(self, worker: Worker, reason: str, detail: str) -> None:
-        self.restarts[worker.id] = self.restarts.get(worker.id, 0) + 1
-        self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
-        self.history.append({
-            "time": time.time(), "worker": worker.id, "pid": worker.pid,
-            "reason": reason, "detail": detail,
-            "error": (worker.error.strip().splitlines() or [""])[-1],
-        })
-        del self.history[:-HISTORY]
+        self.history.record(worker, reason, detail)
 
     def _boot_error(self, worker: Worker, code: int) -> BootError:
-        error = worker.error.strip()
-        if not error:
-            return BootError(
-                f'app "{self.config.app}" failed to start: '
-                f"worker exited before it was ready ({describe_exit(code)})."
-            )
-        lines = error.splitlines()
-        detail = "\n".join(lines[-12:]) if len(lines) > 1 else ""
-        return BootError(f'app "{self.config.app}" failed to start: {lines[-1]}', detail)
+        return boot_error(self.config.app, worker, code)
 
     def _give_up(self, worker: Worker, code: int) -> None:
-        self.state = AppState.ERRORED
+        self.lifecycle.to(AppState.ERRORED, f"{self.boot_failures} boot failures in a row")
         last = self._boot_error(worker, code)
         log.error(
             "%s errored: %d worker(s) in a row exited before becoming ready; "
             "not restarting (last: %s)",
             self.config.name, self.boot_failures, last.message,
         )
-        self.on_event("errored", {"error": last.message, "detail": last.detail})
+        self._emit("errored", {"error": wire.error(last)})
         reason = last.message.partition("failed to start: ")[2] or last.message
         self.errored_because = (f"{self.boot_failures} workers in a row exited before "
                                 f"becoming ready; last error: {reason}")
@@ -460,36 +516,35 @@ class Master:
         self.failure = error
         self.begin_stop("failure")
 
-    # ------------------------------------------------------------------ reload
+    # ------------------------------------------------- reload, scale, status
 
     def start_reload(self, parallel: int = 1) -> asyncio.Task[list[int]]:
         """Begin a rolling reload (pmx.master.reload) in the background."""
-        from pmx.master.reload import reload
-
-        task = asyncio.get_running_loop().create_task(reload(self, parallel))
-        task.add_done_callback(_log_failure)
-        return task
-
-    # ------------------------------------------------------------------ scaling
+        return self.reloader.start_reload(parallel)
 
     def scale(self, workers: int) -> None:
         """Grow or shrink to ``workers`` (pmx.master.scaling)."""
-        from pmx.master.scaling import scale
+        scaling.scale(self, workers)
 
-        scale(self, workers)
+    def set_wanted(self, workers: int) -> None:
+        """The app wants ``workers`` workers from now on; the daemon is told."""
+        self.config.workers = workers
+        self._emit("scaled", {"workers": workers})
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status snapshot (pmx.master.status)."""
+        return status.snapshot(self)
 
     # ------------------------------------------------------------------ stopping
 
     def begin_stop(self, why: str) -> None:
         if self.state in (AppState.STOPPING, AppState.STOPPED):
             return
-        self.state = AppState.STOPPING
+        self.lifecycle.to(AppState.STOPPING, why)
         self.dispatch.close()
         if self.owns_listener:
             self.listener.close()  # type: ignore[union-attr]  # new connections are refused
-        for handle in self.respawns.values():
-            handle.cancel()
-        self.respawns.clear()
+        self.slots.cancel_all()
         self.stop_deadline = self.clock() + self.config.graceful_timeout
         if why != "failure":
             log.info(
@@ -510,30 +565,17 @@ class Master:
                         "(graceful timeout); sending SIGKILL",
                         worker.id, worker.pid, self.config.graceful_timeout,
                     )
-                    self._kill(worker)
+                    worker.kill()
             self.reap()
         if not self.live:
-            self.state = AppState.STOPPED
+            self.lifecycle.to(AppState.STOPPED)
             if self.failure is None:
                 log.info("%s stopped", self.config.name)
-
-    def _signal(self, worker: Worker, sig: int) -> None:
-        try:
-            worker.process.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-    def _kill(self, worker: Worker) -> None:
-        self._signal(worker, signal.SIGKILL)
-        try:
-            worker.process.wait(5)
-        except subprocess.TimeoutExpired:
-            log.error("worker #%d (pid %d) did not die after SIGKILL", worker.id, worker.pid)
 
     def _kill_all(self) -> None:
         for worker in list(self.live):
             if worker.process.poll() is None:
-                self._kill(worker)
+                worker.kill()
         self.live.clear()
 
     def _url(self) -> str:

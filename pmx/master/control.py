@@ -20,17 +20,15 @@ from typing import Any
 
 from pmx import channel, wire
 from pmx.errors import PmxError
-from pmx.master.arbiter import Master
-from pmx.master.status import snapshot
+from pmx.master.roles import Controlled
 
 log = logging.getLogger("pmx.master")
 
 
 class Control:
-    def __init__(self, sock: socket.socket, master: Master) -> None:
+    def __init__(self, sock: socket.socket, master: Controlled) -> None:
         self.sock = sock
         self.master = master
-        master.on_event = self.emit
         self.tasks: set[asyncio.Task[None]] = set()
         self.outbox = wire.Outbox(sock)
         self.inbox = wire.Inbox()
@@ -90,10 +88,10 @@ class Control:
     async def _execute(self, request: dict[str, Any]) -> Any:
         op = request.get("op")
         if op == "status":
-            return snapshot(self.master)
+            return self.master.snapshot()
         if op == "scale":
             self.master.scale(int(request["workers"]))
-            return snapshot(self.master)
+            return self.master.snapshot()
         if op == "reload":
             return await self.master.start_reload(int(request.get("parallel", 1)))
         if op == "stop":

@@ -4,7 +4,8 @@ Probes pass or fail (a reply saying unhealthy, or no reply within the timeout).
 ``fall`` failures in a row take a healthy worker out of rotation; ``rise`` passes in a
 row bring it back. A new worker starts ``PENDING``: it joins the rotation on its first
 pass, as HAProxy's ``slowstart``-less checks do. A worker ``FAILING`` for ``replace_after``
-probes in a row is due for replacement.
+probes in a row is due for replacement. A worker seen frozen while idle (``stall``) is
+``FAILING`` at once, as after ``fall`` failures.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class HealthCheck:
     @property
     def due_for_replacement(self) -> bool:
         return self.state is Health.FAILING and self.failures >= self.replace_after
+
+    def stall(self) -> Health:
+        """The worker's loop is seen not turning while idle (its load slot is not
+        stamped): as bad as ``fall`` failed probes in a row, at once."""
+        self.passes, self.failures = 0, max(self.failures + 1, self.fall)
+        self.state = Health.FAILING
+        return self.state
 
     def record(self, passed: bool) -> Health:
         """Record one probe result; return the new state."""

@@ -2,14 +2,19 @@
 
 Every TICK the supervisor
 - times out unanswered probes (a failure) and sends the next probe every
-  ``health_interval`` to each ready worker (``Master.probe``/``record_probe``);
+  ``health_interval`` to each ready worker (``probe``/``record_probe`` of the master);
+- takes out of rotation at once an idle worker whose load slot has not been stamped
+  for ``health_timeout`` (at least STALL_MIN; its loop is frozen, or stuck outside any request:
+  ``record_stall``), without waiting for ``fall`` probes to fail;
 - samples memory every ``memory_interval`` when ``max_memory`` is set: RSS of the worker
   and its children, over the limit for MEMORY_STRIKES samples in a row marks it for
   recycling;
 - marks a worker that has served its ``request_limit`` (``max_requests`` + jitter);
-- replaces one marked worker at a time through ``pmx.master.reload.replace`` (a fresh
-  worker ready first, then the old one drains), and never during a reload; a worker
-  failing its health checks long enough is replaced the same way;
+- replaces the marked workers through the reloader's ``replace`` (a fresh worker ready
+  first, then the old one drains), several at once but never more than half the slots
+  (rounded up): each replacement boots an interpreter beside the workers serving.
+  Never during a reload. A worker failing its health checks long enough is replaced
+  the same way;
 - SIGKILLs a draining worker still running ``graceful_timeout`` after its drain began.
 """
 
@@ -17,33 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-import psutil
-
-from pmx.master.arbiter import AppState, Master
-from pmx.master.backoff import Backoff
-from pmx.master.reload import replace
+from pmx.backoff import Backoff
+from pmx.master.roles import Replacer, Supervised
+from pmx.master.sampler import Sampler
+from pmx.master.slots import SlotState
+from pmx.master.states import AppState
 from pmx.master.workers import Worker, WorkerState
 
 log = logging.getLogger("pmx.master")
 
 TICK = 0.1
 MEMORY_STRIKES = 3
-
-
-def memory_of(pid: int) -> int:
-    """RSS of a process and all its children, in bytes (0 if it is gone)."""
-    try:
-        process = psutil.Process(pid)
-        total = process.memory_info().rss
-        for child in process.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return int(total)
-    except psutil.Error:
-        return 0
+# An idle worker stamps its load slot every 0.1 s: ten missed stamps at least, whatever
+# --health-timeout, before its loop counts as frozen (a loaded machine can delay a few).
+STALL_MIN = 1.0
 
 
 def due(worker: Worker) -> str:
@@ -64,71 +58,101 @@ def retry_backoff() -> Backoff:
     return Backoff(initial=1.0, cap=60.0, reset_after=float("inf"))
 
 
-async def supervise(master: Master) -> None:
-    config = master.config
-    next_memory = 0.0
-    replacing: set[asyncio.Task[Worker]] = set()
-    retry = retry_backoff()
-    retry_at = 0.0
+class Supervisor:
+    def __init__(self, master: Supervised, reloader: Replacer, sampler: Sampler) -> None:
+        self.master = master
+        self.reloader = reloader
+        self.sampler = sampler
+        self.replacing: set[asyncio.Task[Worker]] = set()
+        self.retry = retry_backoff()
+        self.retry_at = 0.0
+        self.next_memory = 0.0
 
-    def done(task: asyncio.Task[Worker]) -> None:
-        nonlocal retry_at
-        replacing.discard(task)
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(TICK)
+                self.tick()
+        finally:  # cancelled (the app stops): so are the replacements under way, and awaited
+            for task in list(self.replacing):
+                task.cancel()
+            await asyncio.gather(*self.replacing, return_exceptions=True)
+
+    def tick(self) -> None:
+        master, config = self.master, self.master.config
+        if master.state not in (AppState.STARTING, AppState.RUNNING, AppState.ERRORED):
+            return
+        now = master.clock()
+        sample = bool(config.max_memory) and now >= self.next_memory
+        if sample:
+            self.next_memory = now + config.memory_interval
+        for worker in list(master.live):
+            if worker.state is WorkerState.DRAINING:
+                if worker.drain_deadline and now > worker.drain_deadline:
+                    log.warning(
+                        "worker #%d (pid %d) still draining %g s after it was replaced; "
+                        "sending SIGKILL", worker.id, worker.pid, config.graceful_timeout,
+                    )
+                    worker.drain_deadline = 0.0
+                    worker.process.kill()
+                continue
+            if worker.state is not WorkerState.READY:
+                continue
+            stalled = _stalled(worker)
+            if stalled > max(config.health_timeout, STALL_MIN):
+                master.record_stall(worker, stalled)
+            sent = worker.probe_sent_at
+            if sent is not None and now - sent > config.health_timeout:
+                worker.probe_sent_at = None
+                master.record_probe(worker, False)
+            idle = now - worker.last_probe_at
+            if worker.probe_sent_at is None and idle >= config.health_interval:
+                master.probe(worker)
+            if sample:
+                worker.memory = self.sampler.tree_rss(worker.pid)
+                over = worker.memory > config.max_memory
+                worker.memory_strikes = worker.memory_strikes + 1 if over else 0
+        if self.reloader.busy or master.state is not AppState.RUNNING or now < self.retry_at:
+            return
+        room = (len(master.slots.ids()) + 1) // 2 - len(self.replacing)  # half, rounded up
+        for worker in master.slots.holders():
+            if room <= 0:
+                break
+            if master.slots.state(worker.id) is not SlotState.HELD:
+                continue  # being replaced already
+            reason = due(worker) if worker.state is WorkerState.READY else ""
+            if reason:
+                log.info("replacing worker #%d (pid %d): %s", worker.id, worker.pid,
+                         _why(worker, reason))
+                task = asyncio.get_running_loop().create_task(
+                    self.reloader.replace(worker, reason))
+                self.replacing.add(task)
+                task.add_done_callback(self._done)
+                room -= 1
+
+    def _done(self, task: asyncio.Task[Worker]) -> None:
+        self.replacing.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            delay = retry.on_exit(0.0)
-            retry_at = master.clock() + delay
+            delay = self.retry.on_exit(0.0)
+            self.retry_at = self.master.clock() + delay
             log.error("could not replace a worker (next try in %.0f s): %s",
                       delay, task.exception())
         else:
-            retry.failures = 0
-    try:
-        while True:
-            await asyncio.sleep(TICK)
-            if master.state not in (AppState.STARTING, AppState.RUNNING, AppState.ERRORED):
-                continue
-            now = master.clock()
-            sample = bool(config.max_memory) and now >= next_memory
-            if sample:
-                next_memory = now + config.memory_interval
-            for worker in list(master.live):
-                if worker.state is WorkerState.DRAINING:
-                    if worker.drain_deadline and now > worker.drain_deadline:
-                        log.warning(
-                            "worker #%d (pid %d) still draining %g s after it was replaced; "
-                            "sending SIGKILL", worker.id, worker.pid, config.graceful_timeout,
-                        )
-                        worker.drain_deadline = 0.0
-                        worker.process.kill()
-                    continue
-                if worker.state is not WorkerState.READY:
-                    continue
-                sent = worker.probe_sent_at
-                if sent is not None and now - sent > config.health_timeout:
-                    worker.probe_sent_at = None
-                    master.record_probe(worker, False)
-                idle = now - worker.last_probe_at
-                if worker.probe_sent_at is None and idle >= config.health_interval:
-                    master.probe(worker)
-                if sample:
-                    worker.memory = memory_of(worker.pid)
-                    over = worker.memory > config.max_memory
-                    worker.memory_strikes = worker.memory_strikes + 1 if over else 0
-            busy = replacing or master.replacing or master.reloading
-            if busy or master.state is not AppState.RUNNING or now < retry_at:
-                continue
-            for worker in sorted(master.live, key=lambda w: w.id):
-                reason = due(worker) if worker.state is WorkerState.READY else ""
-                if reason:
-                    log.info("replacing worker #%d (pid %d): %s", worker.id, worker.pid,
-                             _why(worker, reason))
-                    task = asyncio.get_running_loop().create_task(replace(master, worker, reason))
-                    replacing.add(task)
-                    task.add_done_callback(done)
-                    break
-    finally:  # cancelled (the app stops): so are the replacements under way, and awaited
-        for task in list(replacing):
-            task.cancel()
-        await asyncio.gather(*replacing, return_exceptions=True)
+            self.retry.failures = 0
+
+
+def _stalled(worker: Worker) -> float:
+    """How long an idle worker's loop has not turned (0.0 if busy or turning). An idle
+    worker stamps its load slot every 0.1 s (pmx.worker.process TICK), with
+    CLOCK_MONOTONIC, which is system-wide; a worker with requests in flight may be
+    inside a long synchronous call, which is least-busy's business, not a health
+    failure."""
+    if worker.slot is None:
+        return 0.0
+    _received, _connections, inflight, _r, _b, _budget, active_at = worker.slot.raw()
+    if inflight or not active_at:
+        return 0.0
+    return max(0.0, time.monotonic() - active_at)
 
 
 def _why(worker: Worker, reason: str) -> str:

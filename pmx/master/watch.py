@@ -14,12 +14,13 @@ import os
 
 from watchfiles import PythonFilter, awatch
 
-from pmx.master.arbiter import AppState, Master
+from pmx.master.roles import Replacer, Watched
+from pmx.master.states import AppState
 
 log = logging.getLogger("pmx.master")
 
 
-async def watch(master: Master, debounce_ms: int = 400) -> None:
+async def watch(master: Watched, reloader: Replacer, debounce_ms: int = 400) -> None:
     paths = master.config.watch
     log.info("watching %s for changes", ", ".join(paths))
     pending = False
@@ -31,8 +32,8 @@ async def watch(master: Master, debounce_ms: int = 400) -> None:
         while pending:
             if master.state is not AppState.RUNNING:
                 break
-            if master.reloading:
+            if reloader.busy:
                 await asyncio.sleep(0.2)
                 continue
             pending = False
-            master.start_reload()
+            reloader.start_reload()

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pmx import channel
 from pmx.config import AppConfig
+from pmx.errors import BootError
 from pmx.loadslot import Load, LoadSlot
 from pmx.master.balancer import Snapshot
 from pmx.master.health import HealthCheck
@@ -51,10 +54,24 @@ _ALLOWED = {
 }
 
 
+class Process(Protocol):
+    """What the master uses of a worker's process (a ``subprocess.Popen``)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 @dataclass(eq=False)
 class Worker:
     id: int
-    process: subprocess.Popen[bytes]
+    process: Process
     chan: socket.socket
     started_at: float
     state: WorkerState = WorkerState.STARTING
@@ -62,8 +79,7 @@ class Worker:
     sent: int = 0  # connection fds handed to this worker
     slot: LoadSlot | None = None  # the worker's live counters (pmx.loadslot)
     error: str = ""  # boot error text the worker sent before exiting
-    exit_code: int | None = None
-    pidfd: int = -1
+    pidfd: int = -1  # readable once the process has exited (-1: none, poll on each tick)
     # (``sent`` after a hand-off, when) for hand-offs the worker has not read all of
     handoffs: deque[tuple[int, float]] = field(default_factory=deque)
     # Set for a worker started to replace another (reload, recycling): if it fails
@@ -135,9 +151,30 @@ class Worker:
         load = self.sent - received + connections
         return Snapshot(load, inflight, stuck, blockers, 0 < budget <= load)
 
-    @property
-    def alive(self) -> bool:
-        return self.exit_code is None
+    def signal(self, sig: int) -> None:
+        try:
+            self.process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL, and wait for the exit (5 s at most)."""
+        self.signal(signal.SIGKILL)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            log.error("worker #%d (pid %d) did not die after SIGKILL", self.id, self.pid)
+
+    def close(self) -> None:
+        """Release the master's side of an exited worker: channel, load slot, pidfd."""
+        self.chan.close()
+        if self.slot is not None:
+            self.slot.close()
+            self.slot = None
+        if self.pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     def transition(self, new: WorkerState, why: str = "") -> None:
         if new not in _ALLOWED[self.state]:
@@ -149,6 +186,20 @@ class Worker:
             self.id, self.pid, self.state.value, new.value, f" ({why})" if why else "",
         )
         self.state = new
+
+
+class Launcher(Protocol):
+    """Starts a worker process for slot ``worker_id`` (``launch``; tests hand the master
+    one that starts fake workers). Raises OSError when the process cannot be started."""
+
+    def __call__(
+        self, config: AppConfig, worker_id: int, now: float, *, replacement: bool = False,
+        log_prefix: bool = False, live_load: bool = False, watch_blocks: bool = False,
+    ) -> Worker: ...
+
+
+# Without pidfds (macOS) exits are found by polling on every tick.
+HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
 
 
 def launch(
@@ -179,19 +230,33 @@ def launch(
     channel.send_hello(parent, hello)
     parent.setblocking(False)
     limit = config.max_requests + random.randint(0, config.max_requests_jitter)
+    # Readable when the process exits: reaping without SIGCHLD, which uvloop keeps.
+    pidfd = os.pidfd_open(process.pid) if HAS_PIDFD else -1
     return Worker(
         id=worker_id, process=process, chan=parent, started_at=now, replacement=replacement,
-        slot=slot,
+        slot=slot, pidfd=pidfd,
         health=HealthCheck(fall=config.health_fall, rise=config.health_rise,
                            replace_after=2 * config.health_fall),
         request_limit=limit if config.max_requests else 0,
     )
 
 
+def boot_error(app: str, worker: Worker, code: int) -> BootError:
+    """Why ``worker`` of ``app`` exited before it was ready: the last line of the error
+    it sent, with the tail of its traceback as the detail."""
+    error = worker.error.strip()
+    if not error:
+        return BootError(
+            f'app "{app}" failed to start: '
+            f"worker exited before it was ready ({describe_exit(code)})."
+        )
+    lines = error.splitlines()
+    detail = "\n".join(lines[-12:]) if len(lines) > 1 else ""
+    return BootError(f'app "{app}" failed to start: {lines[-1]}', detail)
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
-        import signal
-
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
