@@ -147,8 +147,9 @@ def test_boot_failures_after_running_make_the_app_errored_and_the_rest_serve_on(
             fleet.running(1)[0].exit(1)
             await until(lambda: run.master.state is AppState.ERRORED, what="errored")
             assert [kind for kind, _ in run.events] == ["ready", "errored"]
-            assert run.events[1][1]["error"] == ('app "tests.apps.plain:app" failed to start: '
-                                                 "RuntimeError: database is down")
+            assert run.events[1][1]["error"]["kind"] == "BootError"
+            assert run.events[1][1]["error"]["message"] == (
+                'app "tests.apps.plain:app" failed to start: RuntimeError: database is down')
             assert list(run.serving()) == [2] and run.in_rotation() == [fleet.running(2)[0].pid]
             started = len(fleet.started)
             fleet.running(2)[0].exit(1)  # the last one: the app ends, with the cause
