@@ -50,6 +50,7 @@ class AppConfig:
     workers: int = 1
     bind: str = "127.0.0.1:8000"
     balance: str = "least-busy"
+    rebalance: bool = True  # move idle kept-alive connections (pmx.master.rebalance)
     interface: str = "auto"
     app_dir: str = ""
     env: dict[str, str] = field(default_factory=dict)

@@ -32,7 +32,7 @@ Values:
   ``timeout-keep-alive``, ``header-timeout``, ``backlog``, ``log-max-size``,
   ``log-backups``) take a number
   or a string (``workers = "max"``, ``log-max-size = "10M"``);
-- ``access-log`` and ``proxy-headers`` take ``true`` or ``false``;
+- ``access-log``, ``proxy-headers`` and ``rebalance`` take ``true`` or ``false``;
 - ``env`` takes a table; its values are strings, numbers and booleans are converted
   with ``str()``.
 
@@ -103,6 +103,7 @@ _KEYS: dict[str, _Key] = {
     "host": _Key("", "str", _STRING),
     "port": _Key("", "number", "expected a port number."),
     "balance": _Key("balance", "str", _STRING),
+    "rebalance": _Key("rebalance", "bool", _BOOL),
     "interface": _Key("interface", "str", _STRING),
     "app-dir": _Key("app_dir", "str", _STRING),
     "env": _Key("env", "env", 'expected a table, e.g. env = { KEY = "value" }.'),

@@ -17,6 +17,7 @@ PARAM_HINTS = {
     "workers": "'-i' / '--workers'",
     "bind": "'--bind'",
     "balance": "'--balance'",
+    "rebalance": "'--rebalance'",
     "interface": "'--interface'",
     "app_dir": "'--app-dir'",
     "env": "'--env'",
@@ -56,6 +57,9 @@ _OPTIONS = [
     click.option("--name", default="", help="App name.  [default: the module name]"),
     click.option("--balance", type=click.Choice(BALANCE_POLICIES), default="least-busy",
                  show_default=True, help="How the master picks a worker for each connection."),
+    click.option("--rebalance/--no-rebalance", default=True, show_default=True,
+                 help="Move idle kept-alive connections to workers that join the rotation, "
+                      "and away from draining ones instead of closing them."),
     click.option("--interface", type=click.Choice(INTERFACES), default="auto", show_default=True,
                  help="App interface; auto tells ASGI from WSGI."),
     click.option("--app-dir", default="",

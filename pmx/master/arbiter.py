@@ -47,6 +47,7 @@ from pmx.master.balancer import make_policy
 from pmx.master.dispatch import Dispatcher
 from pmx.master.health import Health
 from pmx.master.listener import bound_address, listen
+from pmx.master.rebalance import Rebalancer
 from pmx.master.workers import Worker, WorkerState, describe_exit, launch
 
 log = logging.getLogger("pmx.master")
@@ -116,6 +117,7 @@ class Master:
         self.listener.setblocking(False)
         self.address = bound_address(self.listener, self.address)
         self.dispatch = Dispatcher(self.listener, self.policy)
+        self.rebalance = Rebalancer(self.dispatch, self.config.rebalance)
         setproctitle(f"pmx: master {self.config.name} {self.address}")
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
         for sig in handled:
@@ -160,6 +162,7 @@ class Master:
             for sig in handled:
                 loop.remove_signal_handler(sig)
             self.dispatch.close()
+            self.rebalance.close()
             self._kill_all()
             if self.owns_listener:
                 self.listener.close()
@@ -230,9 +233,12 @@ class Master:
 
     def _on_message(self, worker: Worker) -> None:
         for message, fds in channel.pending(worker.chan):
+            kind = message[:1]
+            if kind == channel.HAND_BACK:
+                self.rebalance.handed_back(worker, fds)
+                continue
             for fd in fds:
                 os.close(fd)
-            kind = message[:1]
             if kind == channel.METRICS:
                 worker.metrics = channel.decode_json(message)
             elif kind == channel.PROBE_REPLY:
@@ -294,6 +300,7 @@ class Master:
 
     def _admit(self, worker: Worker) -> None:
         self.dispatch.add(worker)
+        self.rebalance.joined(worker)
         if worker.ready_waiter is not None and not worker.ready_waiter.done():
             worker.ready_waiter.set_result(None)
         if not self.ever_ready:
@@ -340,7 +347,7 @@ class Master:
 
     def _send_stop(self, worker: Worker) -> None:
         try:
-            worker.chan.send(channel.STOP)
+            worker.chan.send(self.rebalance.stop_message())
         except OSError:
             pass  # it is gone already; reaping will tell
 
