@@ -57,6 +57,7 @@ def worker_status(master: Master, worker: Worker, now: float) -> dict[str, Any]:
         "memory": memory,
         "connections": worker.load,
         "requests": worker.report.requests,
+        "moved": worker.moved,
         "health": worker.health.state.value if worker.state is WorkerState.READY else "unknown",
     }
 
