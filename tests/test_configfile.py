@@ -127,6 +127,7 @@ ALL_KEYS = {
     "log-backups": "0",
     "interface": '"wsgi"',
     "balance": '"least-conn"',
+    "rebalance": "false",
 }
 ALL_FIELDS = {
     "app_dir": "",  # filled in by the test: the file's directory
@@ -143,6 +144,7 @@ ALL_FIELDS = {
     "log_backups": 0,
     "interface": "wsgi",
     "balance": "least-conn",
+    "rebalance": False,
 }
 
 

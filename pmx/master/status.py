@@ -75,6 +75,7 @@ def snapshot(master: Master) -> dict[str, Any]:
         "admin": master.admin_address,
         "balance": master.policy.name,
         "workers_wanted": master.config.workers,
+        "connections_moved": master.rebalance.moved,
         "master_pid": os.getpid(),
         "master_cpu": cpu,
         "master_memory": memory,
