@@ -205,3 +205,19 @@ def test_no_rebalance_leaves_kept_alive_connections_where_they_are(pmx_run):
     wait_for(lambda: get(run.port)[1] == str(new), 10, "the new worker in rotation")
     assert set(pool.round()) == {old}
     pool.close()
+
+
+def test_recycling_under_a_kept_alive_pool_hands_connections_on(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log",
+                  "--max-requests", "400")
+    run.wait_serving(2)
+    pool = Pool(run.port, 16)
+    with Driver(pool) as driver:
+        wait_for(lambda: run.log().count("replacing worker #") >= 3 or driver.failures, 60,
+                 "three recyclings")
+        wait_for(lambda: run.log().count(") stopped (exit code 0)") >= 3 or driver.failures,
+                 30, "the recycled workers to exit")
+        driver.round_after(time.monotonic())
+    assert not driver.failures, driver.failures
+    assert pool.nothing_more()
+    pool.close()
