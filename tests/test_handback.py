@@ -233,3 +233,48 @@ def test_a_release_hands_back_what_is_idle_and_then_what_turns_idle(loop):
 ])
 def test_releases_ask_the_busiest_for_what_they_hold_beyond_an_even_share(loads, asked):
     assert releases(loads) == asked
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_full_channel_keeps_the_fds_until_the_master_reads(loop):
+    """The drain awaits ``flushed``: every handed-back fd reaches the master's channel."""
+
+    async def scenario() -> None:
+        bridge = await started()
+        ours, master = channel.socketpair()
+        ours.setblocking(False)
+        handback = HandBack(ours, bridge, RequestHooks())
+        while True:  # the master does not read: fill its side of the channel
+            try:
+                ours.send(channel.METRICS + b"{}")
+            except BlockingIOError:
+                break
+        with listener() as lsock:
+            client = Client(lsock, bridge)
+            await bridge.wait_adopted()
+            client.sock.sendall(GET)
+            await client.response()
+            await turns()
+            handback.drain()
+            assert handback.queue, "queued while the channel is full"
+            waiting = asyncio.ensure_future(handback.flushed())
+            await turns()
+            assert not waiting.done(), "the drain would wait"
+            master.setblocking(False)
+            received: list[int] = []
+            while not waiting.done():
+                for message, fds in channel.pending(master, channel.MAX_MESSAGE):
+                    if message[:1] == channel.HAND_BACK:
+                        received += fds
+                await asyncio.sleep(0.005)
+            for _message, fds in channel.pending(master, channel.MAX_MESSAGE):
+                received += fds
+            assert len(received) == 1 and not handback.queue
+            with socket.socket(fileno=received[0]) as moved:
+                assert moved.getpeername() == client.sock.getsockname()  # the same connection
+            client.sock.close()
+        ours.close()
+        master.close()
+        await bridge.shutdown()
+
+    run(loop, scenario)

@@ -315,16 +315,20 @@ class UvicornBridge:
                 and cycle.keep_alive and not protocol.pipeline
                 and not transport.is_closing() and not transport.get_write_buffer_size())
 
-    def detach(self, protocol: Any) -> int:
+    def detach(self, protocol: Any) -> int | None:
         """Take a ``movable`` connection out of this worker; return a new fd for its
         socket. Reading stops first, in the same loop step as the ``movable`` check, so
         no byte the client sends from now on is read here: it waits in the kernel for
         the worker that adopts the fd. Closing the transport closes only this worker's
         fd (no ``shutdown()``): the socket lives on in the returned one. uvicorn then
-        forgets the connection as it does any that closed."""
+        forgets the connection as it does any that closed. None, and the connection left
+        as it was, if the fd cannot be duplicated (the worker is at its fd limit)."""
         transport = protocol.transport
+        try:
+            fd = os.dup(transport.get_extra_info("socket").fileno())
+        except OSError:
+            return None
         transport.pause_reading()
-        fd = os.dup(transport.get_extra_info("socket").fileno())
         transport.close()
         return fd
 

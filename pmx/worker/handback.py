@@ -30,6 +30,7 @@ hook), which under a steady load is the moment a busy connection is idle.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from typing import Any
@@ -79,8 +80,9 @@ class HandBack:
         for protocol in self.bridge.connections():
             if not self.draining and self.wanted <= len(fds):
                 break
-            if self.bridge.movable(protocol):
-                fds.append(self.bridge.detach(protocol))
+            fd = self.bridge.detach(protocol) if self.bridge.movable(protocol) else None
+            if fd is not None:
+                fds.append(fd)
         self._took(fds)
 
     def after_response(self, send: Any) -> None:
@@ -93,8 +95,9 @@ class HandBack:
         if transport is None:
             return
         protocol = transport.get_protocol()  # type: ignore[attr-defined]
-        if self.bridge.movable(protocol):
-            self._took([self.bridge.detach(protocol)])
+        fd = self.bridge.detach(protocol) if self.bridge.movable(protocol) else None
+        if fd is not None:
+            self._took([fd])
 
     def _took(self, fds: list[int]) -> None:
         if not fds:
@@ -115,7 +118,9 @@ class HandBack:
             except BlockingIOError:
                 self._wait_writable()
                 return
-            except OSError:  # the master is gone: nobody can take them
+            except OSError as exc:  # the master is gone: nobody can take them
+                logging.getLogger("uvicorn.error").warning(
+                    "could not hand %d connection(s) back: %s; closing them", len(queue), exc)
                 for fd in queue:
                     os.close(fd)
                 queue.clear()
