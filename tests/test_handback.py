@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import uvloop
 
 from pmx import channel
 from pmx.config import AppConfig
-from pmx.master.rebalance import releases
+from pmx.master.rebalance import Rebalancer, releases
 from pmx.worker.bridge import UvicornBridge
 from pmx.worker.handback import HandBack
 from pmx.worker.hooks import RequestHooks
@@ -278,3 +279,19 @@ def test_a_full_channel_keeps_the_fds_until_the_master_reads(loop):
         await bridge.shutdown()
 
     run(loop, scenario)
+
+
+def test_a_replacement_joining_starts_no_evening_out():
+    """The worker it replaces drains right after and hands it its connections: evening
+    out the others first would move some connections twice in a rolling reload."""
+
+    async def scenario() -> None:
+        dispatch: Any = SimpleNamespace(rotation=[], closed=False)
+        rebalancer = Rebalancer(dispatch, enabled=True)
+        rebalancer.joined(SimpleNamespace(replacement=True))  # type: ignore[arg-type]
+        assert rebalancer.timer is None
+        rebalancer.joined(SimpleNamespace(replacement=False))  # type: ignore[arg-type]
+        assert rebalancer.timer is not None
+        rebalancer.close()
+
+    asyncio.run(scenario())
