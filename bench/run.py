@@ -10,7 +10,8 @@ Run from the repository root (``make bench`` does it all on a fresh machine):
 The workload families are data (bench/scenarios.py); the harness around them: processes
 (procs.py), the servers compared (servers.py), load generators (load.py), one
 measurement (measure.py), the matrix of scenarios x worker counts x servers
-(matrix.py), pmx under its daemon (pmxd.py), and the report (report.py, with
+(matrix.py), pmx under its daemon (pmxd.py), kept-alive connections through scale-up
+and reload with rebalancing on and off (rebalance.py), and the report (report.py, with
 figures.py, targets.py, pmxreport.py, method.py, machine.py).
 
 The report (Markdown) goes to stdout and to docs/benchmarks.md (``--output``); the raw
