@@ -69,6 +69,12 @@ class HandBack:
         self.sweep()
         self._hook()
 
+    def cancel(self) -> None:
+        """Hand nothing more back (the worker stops and closes its connections)."""
+        self.wanted = 0
+        self.draining = False
+        self._hook()
+
     def _hook(self) -> None:
         """Look at each request's end only while there is something to hand back."""
         active = self.draining or self.wanted > 0

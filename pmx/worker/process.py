@@ -84,8 +84,8 @@ class WorkerServer:
         handback = self.handback
         if self.hand_back_on_stop:  # kept-alive connections move on instead of closing
             handback.drain()
-        else:
-            handback.draining = False
+        else:  # a full stop: every response closes its connection; none moves
+            handback.cancel()
             self.hooks.draining = True
         await self.bridge.drain(self.bridge.uv_config.timeout_keep_alive + 0.5,
                                 handback.sweep if self.hand_back_on_stop else None)
