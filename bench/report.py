@@ -10,6 +10,7 @@ from bench.config import Config
 from bench.figures import FIGURES, Record, cell, median, ratio, summarize, table
 from bench.method import method
 from bench.pmxreport import pmx_section
+from bench.rebalance import rebalance_section
 from bench.scenarios import FAMILIES, Scenario
 from bench.servers import Server
 from bench.targets import BASE, Churn, Runs, daemon_rows, scenario_rows
@@ -28,6 +29,7 @@ class Results:
     info: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the run
+    rebalance: dict[str, Any] = field(default_factory=dict)  # bench/rebalance.py
 
     @property
     def default(self) -> Server | None:
@@ -204,6 +206,7 @@ def report(res: Results) -> str:
     out += families_section(res)
     out += pmx_section(res.cfg, res.chosen, res.scenarios, res.runs, res.churn, res.status,
                        res.daemon_workers)
+    out += rebalance_section(res.rebalance)
     out += interference_section(res)
     out += ["## Machine and versions\n", table(["", ""], [[k, v] for k, v in res.info.items()]),
             ""]

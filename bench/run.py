@@ -10,7 +10,8 @@ Run from the repository root (``make bench`` does it all on a fresh machine):
 The workload families are data (bench/scenarios.py); the harness around them: processes
 (procs.py), the servers compared (servers.py), load generators (load.py), one
 measurement (measure.py), the matrix of scenarios x worker counts x servers
-(matrix.py), pmx under its daemon (pmxd.py), and the report (report.py, with
+(matrix.py), pmx under its daemon (pmxd.py), kept-alive connections through scale-up
+and reload with rebalancing on and off (rebalance.py), and the report (report.py, with
 figures.py, targets.py, pmxreport.py, method.py, machine.py).
 
 The report (Markdown) goes to stdout and to docs/benchmarks.md (``--output``); the raw
@@ -40,6 +41,7 @@ from bench.machine import machine, pmx_version  # noqa: E402
 from bench.matrix import measure_matrix  # noqa: E402
 from bench.pmxd import run_daemon_scenarios  # noqa: E402
 from bench.procs import BENCH, ROOT, BenchError, cleanup, install_handlers, log  # noqa: E402
+from bench.rebalance import run_rebalance  # noqa: E402
 from bench.report import Results, report  # noqa: E402
 from bench.scenarios import FAMILIES, by_name, select  # noqa: E402
 from bench.servers import Server, servers  # noqa: E402
@@ -171,7 +173,7 @@ def rerender(args: argparse.Namespace) -> int:
         scenarios=[scenarios[n] for n in raw["scenarios"] if n in scenarios],
         runs=raw["runs"], churn=raw["churn"], status=raw["status"],
         daemon_workers=raw["daemon_workers"], info=raw["machine"], argv=raw["argv"],
-        seconds=raw.get("seconds", 0.0),
+        seconds=raw.get("seconds", 0.0), rebalance=raw.get("rebalance", {}),
     )
     write_report(report(res), args.output)
     return 0
@@ -211,6 +213,8 @@ def main(argv: list[str]) -> int:
         res.runs = measure_matrix(cfg, chosen, scenarios, results)
         res.churn, res.status = run_daemon_scenarios(cfg, res.daemon_workers, policies,
                                                      default, results)
+        if policies and (not cfg.only or "rebalance" in cfg.only):
+            res.rebalance = run_rebalance(cfg, results)
     except KeyboardInterrupt:
         log("interrupted; stopping everything")
         return 130
@@ -229,7 +233,7 @@ def main(argv: list[str]) -> int:
             "skipped": [_server_json(s) for s in skipped],
             "scenarios": [s.name for s in scenarios], "runs": res.runs, "churn": res.churn,
             "status": res.status, "daemon_workers": res.daemon_workers,
-            "seconds": res.seconds,
+            "rebalance": res.rebalance, "seconds": res.seconds,
         }
         (results / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     log(f"done in {res.seconds / 60:.1f} min")

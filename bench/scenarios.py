@@ -144,6 +144,29 @@ SCENARIOS: list[Scenario] = [
              headline=("conn_spread",)),
 ]
 
+@dataclass(frozen=True)
+class Moving:
+    """A scenario of the ``rebalance`` family (pmx only, bench/rebalance.py): a pool of
+    kept-alive connections through an ``action``, with ``--rebalance`` on and off."""
+
+    name: str
+    about: str
+    action: str  # "scale" (from workers to `to`), "reload", "steady" (wrk throughput)
+    workers: int = 2
+    to: int = 4
+    connections: int = 64
+    duration: int = 10  # "steady": seconds of wrk in a full run
+
+
+REBALANCE: tuple[Moving, ...] = (
+    Moving("rebalance-scale", "64 kept-alive connections looping on /fast, then `pmx scale` "
+           "from 2 to 4 workers", "scale"),
+    Moving("rebalance-reload", "64 kept-alive connections looping on /fast through "
+           "`pmx reload` of 2 workers", "reload", to=2),
+    Moving("rebalance-steady", "wrk, 64 kept-alive connections on /fast, 2 workers, nothing "
+           "scaled or reloaded: what rebalancing costs when nothing moves", "steady"),
+)
+
 FAMILIES: dict[str, str] = {
     "keepalive": "Fast keep-alive",
     "newconn": "Fast new-connection",
@@ -155,6 +178,7 @@ FAMILIES: dict[str, str] = {
     "wsgi": "A WSGI view blocking in the thread pool, plus fast clients",
     "tail": "Heavy-tailed request durations, plus fast clients",
     "spread": "Connection spread right after start",
+    "rebalance": "Kept-alive connections through scale-up and reload (pmx only)",
 }
 
 

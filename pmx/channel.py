@@ -10,7 +10,10 @@ master -> worker
     ``F`` + u16    N connection fds in SCM_RIGHTS ancillary data. N says how many were
                    sent: the kernel drops the fds a worker at its limit cannot take,
                    and the worker counts them lost
-    ``S``          stop: no fd follows; serve what you hold, then exit
+    ``S`` [+ u8]   stop: no fd follows; serve what you hold, then exit. With a 1 byte,
+                   hand kept-alive connections back (``B``) as each turns idle instead
+                   of closing them (a drain with rebalancing); plain ``S`` closes them
+    ``L`` + u16    release: hand back up to N idle kept-alive connections (``B``)
     ``P`` + u64    health probe number N
 
 worker -> master
@@ -22,6 +25,9 @@ worker -> master
     ``M`` + JSON   request metrics (pmx.worker.metrics), once a second
     ``D``          leaving: the worker was told to stop (SIGTERM); the master takes it
                    out of rotation and answers ``S`` once no fd can follow
+    ``B`` + u16    hand-back: N idle kept-alive connection fds in SCM_RIGHTS, detached
+                   at a request boundary (pmx.worker.handback); the master hands them
+                   to workers in rotation as it hands accepted connections
 
 Because a socket pair delivers in order, ``S`` arriving after the last ``F`` is what
 guarantees that no handed-off connection is left unread when a worker stops.
@@ -52,6 +58,9 @@ LEAVING = b"D"
 METRICS = b"M"
 PROBE = b"P"
 PROBE_REPLY = b"Q"
+RELEASE = b"L"
+HAND_BACK = b"B"
+STOP_HANDING_BACK = STOP + b"\x01"
 
 _COUNT = struct.Struct("!H")
 MAX_MESSAGE = 256 * 1024
@@ -60,6 +69,7 @@ MAX_MESSAGE = 256 * 1024
 MAX_FROM_MASTER = 64
 MAX_FDS = 253  # SCM_MAX_FD on Linux
 _FDS_HEADERS = [[FDS + _COUNT.pack(n)] for n in range(MAX_FDS + 1)]
+_BACK_HEADERS = [[HAND_BACK + _COUNT.pack(n)] for n in range(MAX_FDS + 1)]
 _FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 _PROBE = struct.Struct("!Q")
 _REPLY = struct.Struct("!QB")
@@ -128,8 +138,21 @@ def send_fds(sock: socket.socket, fds: list[int]) -> None:
     sock.sendmsg(_FDS_HEADERS[len(fds)], [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
 
 
+def hand_back(sock: socket.socket, fds: list[int]) -> None:
+    """Send up to MAX_FDS detached connection fds to the master. Raises OSError."""
+    sock.sendmsg(_BACK_HEADERS[len(fds)], [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
+
+
+def encode_release(count: int) -> bytes:
+    return RELEASE + _COUNT.pack(min(count, 0xFFFF))
+
+
+def decode_release(message: bytes) -> int:
+    return int(_COUNT.unpack_from(message, 1)[0])
+
+
 def fds_sent(message: bytes) -> int:
-    """How many fds an ``F`` message carried when it was sent."""
+    """How many fds an ``F`` or ``B`` message carried when it was sent."""
     return int(_COUNT.unpack_from(message, 1)[0])
 
 

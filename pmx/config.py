@@ -110,6 +110,17 @@ class AppConfig:
             "requests in flight (ties go round robin). See "
             "[architecture.md](architecture.md#balancing).",
     )
+    rebalance: bool = setting(
+        SWITCH, "--rebalance", default=True,
+        help="Move idle kept-alive connections between workers: to a worker joining the "
+             "rotation, and from a draining one instead of closing them.",
+        doc="Move idle kept-alive connections between workers: when a worker joins the "
+            "rotation (scale-up, a replacement) the busiest workers hand it their excess, "
+            "and a draining worker (reload, recycling, scale-down) hands its connections on "
+            "instead of closing them. `--no-rebalance` keeps each connection on its first "
+            "worker. See "
+            "[architecture.md](architecture.md#moving-kept-alive-connections-rebalancing).",
+    )
     interface: str = setting(
         choice(INTERFACES), "--interface", default="auto",
         help="App interface; auto tells ASGI from WSGI.",

@@ -128,6 +128,7 @@ ALL_KEYS = {
     "log-backups": "0",
     "interface": '"wsgi"',
     "balance": '"least-conn"',
+    "rebalance": "false",
 }
 ALL_FIELDS = {
     "app_dir": "",  # filled in by the test: the file's directory
@@ -145,6 +146,7 @@ ALL_FIELDS = {
     "log_backups": 0,
     "interface": "wsgi",
     "balance": "least-conn",
+    "rebalance": False,
 }
 
 

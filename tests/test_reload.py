@@ -6,6 +6,8 @@ import json
 import signal
 import textwrap
 
+import pytest
+
 from tests.conftest import SteadyLoad, free_port, get, ready_pids, wait_for
 
 APP = textwrap.dedent('''
@@ -32,12 +34,12 @@ def write_app(directory, version: str) -> None:
     (directory / "versioned.py").write_text(APP.format(version=version))
 
 
-def start_versioned(pmx, directory, workers: int) -> tuple[int, set[int]]:
+def start_versioned(pmx, directory, workers: int, *extra: str) -> tuple[int, set[int]]:
     """Version v1 of the app as 'web' under the daemon: its port and worker pids."""
     write_app(directory, "v1")
     port = free_port()
     pmx.ok("start", "versioned:app", "-i", str(workers), "--name", "web", "--bind",
-           f"127.0.0.1:{port}", "--app-dir", str(directory))
+           f"127.0.0.1:{port}", "--app-dir", str(directory), *extra)
     return port, ready_pids(pmx.app("web"))
 
 
@@ -105,14 +107,16 @@ def test_watch_reloads_after_an_edit(pmx_run, tmp_path):
     assert log.count("reload of versioned done") == 1
 
 
-def test_reload_with_a_paced_keep_alive_client(pmx, tmp_path):
-    """A client reusing one connection with pauses between requests: the old worker
-    closes it right after a response (Connection: close), never while the client may be
-    sending, so no request fails."""
+@pytest.mark.parametrize("rebalance", ["--rebalance", "--no-rebalance"])
+def test_reload_with_a_paced_keep_alive_client(pmx, tmp_path, rebalance):
+    """A client reusing one connection with pauses between requests: no request fails.
+    With rebalancing its connection moves to a new worker and is never closed; without,
+    the old worker closes it right after a response (Connection: close), never while
+    the client may be sending."""
     import http.client
     import threading
 
-    port, _ = start_versioned(pmx, tmp_path, 2)
+    port, _ = start_versioned(pmx, tmp_path, 2, rebalance)
     failures: list[Exception] = []
     closes = [0]
     stop = threading.Event()
@@ -140,7 +144,10 @@ def test_reload_with_a_paced_keep_alive_client(pmx, tmp_path):
     for thread in threads:
         thread.join(10)
     assert failures == []
-    assert closes[0] >= 1  # connections to draining workers were closed after a response
+    if rebalance == "--rebalance":
+        assert closes[0] == 0  # handed on to the new workers instead
+    else:
+        assert closes[0] >= 1  # connections to draining workers were closed after a response
 
 
 def worker_ids(admin: int) -> list[tuple[int, str]]:

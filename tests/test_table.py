@@ -15,15 +15,15 @@ from pmx.cli.table import (
 
 MANDATORY = ["app", "id", "pid", "state"]
 ALL_IDS = ["app", "id", "pid", "state", "uptime", "restarts", "cpu", "mem", "conns", "reqs",
-           "health"]
-DROP_ORDER = ["reqs", "health", "restarts", "conns", "uptime", "cpu", "mem"]
+           "moved", "health"]
+DROP_ORDER = ["moved", "reqs", "health", "restarts", "conns", "uptime", "cpu", "mem"]
 
 
 def worker(wid, pid, **overrides):
     values = {
         "id": wid, "pid": pid, "state": "ready", "uptime": 3725.0, "restarts": 0,
         "cpu": 1.5, "memory": 54_945_792, "connections": 3, "requests": 1_534_982,
-        "health": "ok",
+        "moved": 12, "health": "ok",
     }
     values.update(overrides)
     return values
@@ -43,7 +43,7 @@ def snapshot(*apps):
     return {"version": 1, "apps": list(apps)}
 
 
-# Two apps, 4 + 2 workers: 91 cells wide with every column.
+# Two apps, 4 + 2 workers: 98 cells wide with every column.
 SNAPSHOT = snapshot(
     app("billing-api", [
         worker(1, 1048571),
@@ -59,10 +59,14 @@ WORKER_COUNT = 6
 
 # Lines 0 (header), 1, 3 and 5 of SNAPSHOT rendered with every column.
 EXPECTED_WIDE_LINES = [
-    "app          id      pid  state     uptime  restarts    cpu    mem  conns     reqs  health",
-    "billing-api   1  1048571  ready         1h         0   1.5%  52.4M      3  1534982  ok",
-    "              3  1048573  starting       -         0      -      -      0        0  unknown",
-    "web           1     2002  ready         1h         0   1.5%  52.4M      3       87  ok",
+    "app          id      pid  state     uptime  restarts    cpu    mem  conns     reqs  moved"
+    "  health",
+    "billing-api   1  1048571  ready         1h         0   1.5%  52.4M      3  1534982     12"
+    "  ok",
+    "              3  1048573  starting       -         0      -      -      0        0     12"
+    "  unknown",
+    "web           1     2002  ready         1h         0   1.5%  52.4M      3       87     12"
+    "  ok",
 ]
 
 
@@ -145,7 +149,7 @@ def test_status_rows_one_per_worker_with_app_name_on_first_row_only():
     assert rows[1] == {
         "app": "", "id": "2", "pid": "1048572", "state": "ready", "uptime": "59s",
         "restarts": "2", "cpu": "100%", "mem": "312M", "conns": "3", "reqs": "1534982",
-        "health": "ok",
+        "moved": "12", "health": "ok",
     }
     assert rows[2]["uptime"] == rows[2]["cpu"] == rows[2]["mem"] == "-"
 
@@ -159,7 +163,8 @@ def test_errored_app_without_workers_gets_one_row():
     assert len(rows) == 2
     assert rows[1] == {cid: "-" for cid in ALL_IDS} | {"app": "broken", "state": "errored"}
     last = render_table(snap, 120).splitlines()[-1]
-    assert last.split() == ["broken", "-", "-", "errored", "-", "-", "-", "-", "-", "-", "-"]
+    assert last.split() == ["broken", "-", "-", "errored", "-", "-", "-", "-", "-", "-", "-",
+                            "-"]
     assert last.startswith("broken")
 
 
@@ -198,7 +203,7 @@ def test_render_40_shows_only_mandatory_columns():
     assert all(len(line) <= 40 for line in table.splitlines())
 
 
-@pytest.mark.parametrize("width", [200, 120, 91, 90, 80, 60, 50, 40, 20, 1])
+@pytest.mark.parametrize("width", [200, 120, 98, 97, 91, 90, 80, 60, 50, 40, 20, 1])
 def test_never_wraps(width):
     lines = render_table(SNAPSHOT, width).splitlines()
     assert len(lines) == 1 + WORKER_COUNT
@@ -207,8 +212,8 @@ def test_never_wraps(width):
 
 def test_full_width_fits_exactly():
     rows = status_rows(SNAPSHOT)
-    assert fit_columns(rows, 91) == ALL_IDS
-    assert fit_columns(rows, 90) == [cid for cid in ALL_IDS if cid != "reqs"]
+    assert fit_columns(rows, 98) == ALL_IDS
+    assert fit_columns(rows, 97) == [cid for cid in ALL_IDS if cid != "moved"]
 
 
 def test_columns_dropped_in_priority_order_at_every_width():

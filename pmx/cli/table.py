@@ -31,10 +31,12 @@ COLUMNS: list[tuple[str, str, int]] = [
     ("mem", "mem", 1),
     ("conns", "conns", 4),
     ("reqs", "reqs", 7),
+    ("moved", "moved", 8),
     ("health", "health", 6),
 ]
 
-RIGHT_ALIGNED = frozenset({"id", "pid", "restarts", "cpu", "mem", "conns", "reqs", "uptime"})
+RIGHT_ALIGNED = frozenset({"id", "pid", "restarts", "cpu", "mem", "conns", "reqs", "moved",
+                           "uptime"})
 SEPARATOR = "  "
 MISSING = "-"
 EMPTY_MESSAGE = "No apps running. Start one with: pmx start module:app"
@@ -125,6 +127,7 @@ def worker_rows(
                 "mem": format_bytes(worker.get("memory")),
                 "conns": _text(worker.get("connections")),
                 "reqs": _text(worker.get("requests")),
+                "moved": _text(worker.get("moved")),
                 "health": _text(worker.get("health")),
             }))
     return rows

@@ -60,6 +60,7 @@ def describe(name: str, as_json: bool) -> None:
         out.append(
             f"  #{w['id']:<3} pid {w['pid']:<8} {w['state']:<9} up {format_uptime(w['uptime'])}"
             f"  restarts {w['restarts']}  mem {format_bytes(w['memory'])}"
+            f"  moved {w.get('moved', 0)}"
         )
     out.append("restart history")
     if not info["history"]:

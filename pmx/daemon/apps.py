@@ -289,6 +289,7 @@ class ManagedApp:
             "restarts": self.restarts,
             "error": self.error,
             "admin": master.get("admin", ""),
+            "connections_moved": master.get("connections_moved", 0),
             "workers": master.get("workers", []),
             "_master": master,
         }

@@ -169,8 +169,13 @@ class _Collector:
         healthy = GaugeMetricFamily(
             "pmx_worker_healthy", "1 if the worker passes its health checks and is in rotation.",
             labels=["app", "worker", "pid", "state"])
+        moved = CounterMetricFamily(
+            "pmx_worker_connections_moved",
+            "Kept-alive connections the worker handed back, handed on to other workers.",
+            labels=["app", "worker", "pid"])
         for w in workers:
             labels = [app, str(w.id), str(w.pid)]
+            moved.add_metric(labels, w.moved)
             by_class = w.metrics.get("by_class", {})
             for status_class in ("1xx", "2xx", "3xx", "4xx", "5xx"):
                 requests.add_metric([*labels, status_class], by_class.get(status_class, 0))
@@ -190,5 +195,6 @@ class _Collector:
                    "scale")
         for reason in reasons:
             restarts.add_metric([app, reason], master.history.by_reason.get(reason, 0))
-        yield from (requests, duration, connections, inflight, rss_family, cpu, healthy, restarts)
+        yield from (requests, duration, connections, inflight, rss_family, cpu, healthy, restarts,
+                    moved)
 

@@ -56,6 +56,7 @@ from pmx.master.balancer import make_policy
 from pmx.master.dispatch import Dispatcher
 from pmx.master.health import Health
 from pmx.master.history import History
+from pmx.master.rebalance import Rebalancer
 from pmx.master.reload import Reloader
 from pmx.master.sampler import Sampler
 from pmx.master.slots import Slots, SlotState
@@ -123,6 +124,11 @@ class Master:
     def policy_name(self) -> str:
         return self.policy.name
 
+    @property
+    def connections_moved(self) -> int:
+        """Kept-alive connections handed back and handed on, over the app's life."""
+        return self.rebalance.moved
+
     def subscribe(self, subscriber: Subscriber) -> None:
         """Have ``subscriber(kind, data)`` called for each event reported to the daemon:
         ``ready``, ``errored``, ``scaled`` (pmx.master.control)."""
@@ -144,6 +150,7 @@ class Master:
         self.listener.setblocking(False)
         self.address = bound_address(self.listener, self.address)
         self.dispatch = Dispatcher(self.listener, self.policy)
+        self.rebalance = Rebalancer(self.dispatch, self.config.rebalance)
         if self.title:
             setproctitle(f"pmx: master {self.config.name} {self.address}")
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
@@ -184,6 +191,7 @@ class Master:
             for sig in handled:
                 loop.remove_signal_handler(sig)
             self.dispatch.close()
+            self.rebalance.close()
             self._kill_all()
             if self.owns_listener:
                 self.listener.close()
@@ -264,9 +272,12 @@ class Master:
 
     def _on_message(self, worker: Worker) -> None:
         for message, fds in channel.pending(worker.chan):
+            kind = message[:1]
+            if kind == channel.HAND_BACK:
+                self.rebalance.handed_back(worker, fds)
+                continue
             for fd in fds:
                 os.close(fd)
-            kind = message[:1]
             if kind == channel.METRICS:
                 worker.metrics = channel.decode_json(message)
             elif kind == channel.PROBE_REPLY:
@@ -342,6 +353,7 @@ class Master:
     def _admit(self, worker: Worker) -> None:
         """The worker joins the rotation: it is handed connections from now on."""
         self.dispatch.add(worker)
+        self.rebalance.joined(worker)
         if worker.ready_waiter is not None and not worker.ready_waiter.done():
             worker.ready_waiter.set_result(None)
         if self.state is AppState.STARTING:
@@ -417,7 +429,7 @@ class Master:
 
     def _send_stop(self, worker: Worker) -> None:
         try:
-            worker.chan.send(channel.STOP)
+            worker.chan.send(self.rebalance.stop_message())
         except OSError:
             pass  # it is gone already; reaping will tell
 

@@ -16,6 +16,13 @@ ranks are read again every WAIT_POLL seconds until one worker can take connectio
 Meanwhile connections wait in the kernel's backlog, where they would wait for workers
 that accept themselves.
 
+Connections a worker hands back (pmx.master.rebalance) come in through ``rehome`` and
+take the same path: the policy shares them out among the workers in rotation other
+than the one that gave them back, and they are sent in ``F`` messages. The policy is not
+waited on (they are open connections, not a backlog). With no other worker in rotation
+they go back to their worker if it still is; with none at all (the app is stopping)
+they are closed.
+
 When ``accept`` itself fails (EMFILE: the master is at its fd limit; ENFILE, ENOBUFS,
 ENOMEM), the connection stays in the backlog and the socket stays readable: retrying at
 once would spin. So accepting pauses for ACCEPT_PAUSE seconds; the first failure of an
@@ -141,11 +148,32 @@ class Dispatcher:
         finally:
             _close_all(fds)
 
-    def _hand_off(self, worker: Worker, fds: list[int], now: float) -> None:
+    def rehome(self, fds: list[int], source: Worker) -> int:
+        """Hand connections ``source`` gave back to other workers; returns how many were
+        sent (the rest are closed)."""
+        rotation = self.rotation
+        candidates = [w for w in rotation if w is not source] or (
+            [source] if source in rotation else [])
+        sent = 0
+        try:
+            if not candidates or self.closed:
+                return 0
+            now = time.monotonic()
+            counts = self.policy.share(self.policy.ranks(candidates, now), len(fds))
+            first = 0
+            for worker, count in zip(candidates, counts, strict=True):
+                if count:
+                    sent += self._hand_off(worker, fds[first : first + count], now)
+                    first += count
+            return sent
+        finally:
+            _close_all(fds)
+
+    def _hand_off(self, worker: Worker, fds: list[int], now: float) -> int:
         try:
             channel.send_fds(worker.chan, fds)
             worker.handed(len(fds), now)
-            return
+            return len(fds)
         except OSError as exc:
             reason = exc
         # Its channel is full (loop blocked) or it just died: try the others.
@@ -157,8 +185,9 @@ class Dispatcher:
             except OSError:
                 continue
             other.handed(len(fds), now)
-            return
+            return len(fds)
         log.error("could not hand %d connection(s) to any worker: %s", len(fds), reason)
+        return 0
 
 
 def _close_all(fds: list[int]) -> None:

@@ -26,6 +26,7 @@ def worker_status(master: Observed, worker: Worker, now: float) -> dict[str, Any
         "memory": memory,
         "connections": worker.load,
         "requests": worker.report.requests,
+        "moved": worker.moved,
         "health": worker.health.state.value if worker.state is WorkerState.READY else "unknown",
     }
 
@@ -42,6 +43,7 @@ def snapshot(master: Observed) -> dict[str, Any]:
         "admin": master.admin_address,
         "balance": master.policy_name,
         "workers_wanted": master.config.workers,
+        "connections_moved": master.connections_moved,
         "master_pid": os.getpid(),
         "master_cpu": cpu,
         "master_memory": memory,

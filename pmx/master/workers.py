@@ -77,6 +77,7 @@ class Worker:
     state: WorkerState = WorkerState.STARTING
     ready_at: float | None = None
     sent: int = 0  # connection fds handed to this worker
+    moved: int = 0  # kept-alive connections it handed back, handed on to others
     slot: LoadSlot | None = None  # the worker's live counters (pmx.loadslot)
     error: str = ""  # boot error text the worker sent before exiting
     pidfd: int = -1  # readable once the process has exited (-1: none, poll on each tick)

@@ -18,7 +18,10 @@ in uvicorn. What that needs from uvicorn beyond its public ``Config``/``Server``
 - an HTTP protocol's ``timeout_keep_alive_task`` is set after a response and cleared
   by the first byte of the next request; its ``cycle`` is replaced when that request's
   head is complete (what tells a connection waiting for a head);
-- ``uvicorn._compat.asyncio_run`` runs the worker loop with uvicorn's loop factory.
+- ``uvicorn._compat.asyncio_run`` runs the worker loop with uvicorn's loop factory;
+- an httptools protocol's ``pipeline`` holds requests parsed ahead of their turn, a
+  cycle's ``more_body`` turns False once its request is parsed whole, and closing a
+  transport closes its fd without ``shutdown()`` (what ``detach`` relies on).
 
 ``tests/test_bridge.py`` checks each of these so that a uvicorn upgrade that changes them
 fails loudly, and pyproject pins uvicorn to the tested range.
@@ -30,6 +33,7 @@ import asyncio
 import copy
 import functools
 import logging
+import os
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -154,6 +158,10 @@ class UvicornBridge:
         if config.max_header_size:
             self.uv_config.http_protocol_class = head_limited(
                 self.uv_config.http_protocol_class, config.max_header_size)
+        # Only httptools connections are moved (``movable``): pmx does not choose h11.
+        http_class = self.uv_config.http_protocol_class
+        httptools = any(c.__name__ == "HttpToolsProtocol" for c in http_class.__mro__)
+        self._http_class: Any = http_class if httptools else None
         self.server = uvicorn.Server(self.uv_config)
         self.server.servers = []
         state = self.server.server_state
@@ -296,6 +304,42 @@ class UvicornBridge:
         self._heads = seen
         return closed
 
+    def movable(self, protocol: Any) -> bool:
+        """Kept alive and idle at a request boundary, so its fd may move to another
+        worker (pmx.worker.handback): an HTTP/1 connection (not a WebSocket, which has
+        another protocol) whose last response is complete and flushed to the kernel,
+        whose request was parsed whole, and of which not one byte has been read since
+        (the keep-alive timer runs; the first byte of a request stops it). A connection
+        with half a request read, or one that has not sent its first request yet (its
+        parser may hold part of a head), is not."""
+        if type(protocol) is not self._http_class or protocol.timeout_keep_alive_task is None:
+            return False
+        cycle = protocol.cycle
+        transport = protocol.transport
+        return (cycle is not None and cycle.response_complete and not cycle.more_body
+                and cycle.keep_alive and not protocol.pipeline
+                and not transport.is_closing() and not transport.get_write_buffer_size())
+
+    def detach(self, protocol: Any) -> int | None:
+        """Take a ``movable`` connection out of this worker; return a new fd for its
+        socket. Reading stops first, in the same loop step as the ``movable`` check, so
+        no byte the client sends from now on is read here: it waits in the kernel for
+        the worker that adopts the fd. Closing the transport closes only this worker's
+        fd (no ``shutdown()``): the socket lives on in the returned one. uvicorn then
+        forgets the connection as it does any that closed. None, and the connection left
+        as it was, if the fd cannot be duplicated (the worker is at its fd limit)."""
+        transport = protocol.transport
+        try:
+            fd = os.dup(transport.get_extra_info("socket").fileno())
+        except OSError:
+            return None
+        transport.pause_reading()
+        transport.close()
+        return fd
+
+    def connections(self) -> list[Any]:
+        return list(self.server.server_state.connections)
+
     def fresh_connections(self) -> int:
         """Connections that have not yet sent their first request."""
         connections = self.server.server_state.connections
@@ -335,7 +379,7 @@ class UvicornBridge:
             return False
         return bool(statuses) and 200 <= statuses[0] < 400
 
-    async def drain(self, limit: float) -> None:
+    async def drain(self, limit: float, hand_back: Callable[[], None] | None = None) -> None:
         """Let open connections end on their own, up to ``limit`` seconds.
 
         Closing an idle keep-alive connection races with a client that is sending its
@@ -345,11 +389,18 @@ class UvicornBridge:
         that have not sent their first request yet are treated the same way. As a
         backstop for responses that had started before the drain, their cycle is told
         not to keep the connection alive.
+
+        With ``hand_back`` (rebalancing, pmx.worker.handback), connections are handed
+        back to the master instead: it is called every poll to hand back those idle now.
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + limit
         connections = self.server.server_state.connections
         while connections and loop.time() < end:
+            if hand_back is not None:
+                hand_back()
+                await asyncio.sleep(0.01)
+                continue
             for connection in list(connections):
                 cycle = getattr(connection, "cycle", None)
                 if cycle is not None and not cycle.response_complete:

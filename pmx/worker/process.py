@@ -32,6 +32,7 @@ from pmx.worker.app import AppLoadError, load
 from pmx.worker.blocks import BlockWatch
 from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.capacity import Capacity
+from pmx.worker.handback import HandBack
 from pmx.worker.hooks import RequestHooks
 from pmx.worker.metrics import RequestMetrics, instrument
 
@@ -61,6 +62,8 @@ class WorkerServer:
         self.blocks: BlockWatch | None = None  # least-busy: connections that block
         self.tasks = bridge.server.server_state.tasks  # requests in flight
         self.capacity = Capacity()
+        self.handback = HandBack(chan, bridge, self.hooks)
+        self.hand_back_on_stop = False  # the master's STOP asked for it
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -76,10 +79,17 @@ class WorkerServer:
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         ticker = loop.create_task(self._tick())
         await self.stopped.wait()
-        self.hooks.draining = True
         loop.remove_reader(self.chan.fileno())
         await self.bridge.wait_adopted()
-        await self.bridge.drain(self.bridge.uv_config.timeout_keep_alive + 0.5)
+        handback = self.handback
+        if self.hand_back_on_stop:  # kept-alive connections move on instead of closing
+            handback.drain()
+        else:  # a full stop: every response closes its connection; none moves
+            handback.cancel()
+            self.hooks.draining = True
+        await self.bridge.drain(self.bridge.uv_config.timeout_keep_alive + 0.5,
+                                handback.sweep if self.hand_back_on_stop else None)
+        await handback.flushed()  # every handed-back fd is in the master's hands
         ticker.cancel()
         # uvicorn cancels what is still running after the graceful timeout, so an
         # orphaned worker (its master died) does not outlive that limit either.
@@ -105,9 +115,12 @@ class WorkerServer:
                 continue
             for fd in fds:
                 os.close(fd)
-            if kind == channel.PROBE:
+            if kind == channel.RELEASE:
+                self.handback.release(channel.decode_release(message))
+            elif kind == channel.PROBE:
                 self._answer_probe(channel.decode_probe(message))
             if kind == channel.STOP or not message:
+                self.hand_back_on_stop = message == channel.STOP_HANDING_BACK
                 self.stopped.set()  # type: ignore[union-attr]
 
     def _answer_probe(self, number: int) -> None:
@@ -280,6 +293,7 @@ def main() -> None:
     server.live = live
     server.metrics = metrics
     server.hooks = hooks
+    server.handback = HandBack(chan, bridge, hooks)
     server.blocks = blocks
     chan.setblocking(False)
     sys.exit(bridge.run(server.run()))

@@ -1,0 +1,297 @@
+"""Handing a connection back, in process (pmx.worker.bridge ``movable``/``detach``,
+pmx.worker.handback): two bridges on one event loop stand for two workers. Both loops
+a worker may run on, asyncio and uvloop, are checked."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import uvloop
+
+from pmx import channel
+from pmx.config import AppConfig
+from pmx.master.rebalance import Rebalancer, releases
+from pmx.worker.bridge import UvicornBridge
+from pmx.worker.handback import HandBack
+from pmx.worker.hooks import RequestHooks
+from tests.apps.plain import app as plain_app
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+GET = b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def run(loop: str, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    event_loop = LOOPS[loop]()
+    try:
+        event_loop.run_until_complete(asyncio.wait_for(scenario(), 20))
+    finally:
+        event_loop.close()
+
+
+async def started(app: Any = plain_app) -> UvicornBridge:
+    bridge = UvicornBridge(AppConfig(app="tests.apps.plain:app").validate(), app, 1)
+    assert await bridge.startup() is None
+    return bridge
+
+
+class Client:
+    """A connection over real TCP on 127.0.0.1; its server side is adopted by ``bridge``."""
+
+    def __init__(self, listener: socket.socket, bridge: UvicornBridge) -> None:
+        self.sock = socket.create_connection(listener.getsockname())
+        self.sock.setblocking(False)
+        fd, _ = listener._accept()  # type: ignore[attr-defined]
+        bridge.adopt(fd)
+
+    async def response(self) -> bytes:
+        data = b""
+        loop = asyncio.get_running_loop()
+        while True:
+            chunk = await loop.sock_recv(self.sock, 65536)
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            if not _:
+                continue
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(body) >= length:
+                assert len(body) == length, "one response, no more"
+                return data
+
+    def pending(self) -> bytes | None:
+        """What the server sent and was not read: None if the connection is closed."""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return b""
+        return data or None
+
+
+def listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+async def turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0.005)
+
+
+def protocols(bridge: UvicornBridge) -> list[Any]:
+    return bridge.connections()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_detached_connection_keeps_its_socket_and_the_next_worker_reads_what_waits(loop):
+    async def scenario() -> None:
+        old, new = await started(), await started()
+        with listener() as lsock:
+            client = Client(lsock, old)
+            await old.wait_adopted()
+            client.sock.sendall(GET)
+            assert b"200 OK" in await client.response()
+            await turns()
+            [protocol] = protocols(old)
+            assert old.movable(protocol)
+            fd = old.detach(protocol)
+            client.sock.sendall(GET)  # sent while the fd is on its way: waits in the kernel
+            await turns()
+            assert old.load().connections == 0, "the old worker forgot the connection"
+            assert client.pending() == b"", "not closed, and nothing answered by the old one"
+            new.adopt(fd)
+            assert b"200 OK" in await client.response()
+            await turns()
+            assert client.pending() == b"", "answered exactly once"
+            state_old, state_new = old.server.server_state, new.server.server_state
+            assert (state_old.total_requests, state_new.total_requests) == (1, 1)
+            client.sock.close()
+        await old.shutdown()
+        await new.shutdown()
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_only_idle_kept_alive_connections_are_movable(loop):
+    async def scenario() -> None:
+        bridge = await started()
+        with listener() as lsock:
+            fresh = Client(lsock, bridge)
+            half = Client(lsock, bridge)
+            busy = Client(lsock, bridge)
+            idle = Client(lsock, bridge)
+            await bridge.wait_adopted()
+            for client in (half, idle):
+                client.sock.sendall(GET)
+                await client.response()
+            half.sock.sendall(b"GET /pid HTTP/1.1\r\nHo")
+            busy.sock.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await turns()
+            by_client = {}
+            for protocol in protocols(bridge):
+                port = protocol.transport.get_extra_info("peername")[1]
+                by_client[port] = bridge.movable(protocol)
+            name = {c.sock.getsockname()[1]: label for c, label in (
+                (fresh, "fresh"), (half, "half"), (busy, "busy"), (idle, "idle"))}
+            assert {name[port]: movable for port, movable in by_client.items()} == {
+                "fresh": False, "half": False, "busy": False, "idle": True}
+            half.sock.sendall(b"st: x\r\n\r\n")  # the half request, finished, is served
+            assert b"200 OK" in await half.response()
+            assert b"200 OK" in await busy.response()
+            for client in (fresh, half, busy, idle):
+                client.sock.close()
+        await bridge.shutdown()
+
+    run(loop, scenario)
+
+
+async def websocket_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await plain_app(scope, receive, send)
+    elif scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_websocket_is_never_movable(loop):
+    async def scenario() -> None:
+        bridge = await started(websocket_app)
+        with listener() as lsock:
+            client = Client(lsock, bridge)
+            await bridge.wait_adopted()
+            client.sock.sendall(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await asyncio.get_running_loop().sock_recv(client.sock, 4096)
+            assert data.startswith(b"HTTP/1.1 101")
+            await turns()
+            assert protocols(bridge), "the WebSocket is open"
+            assert not any(bridge.movable(p) for p in protocols(bridge))
+            client.sock.close()
+        await bridge.shutdown()
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_release_hands_back_what_is_idle_and_then_what_turns_idle(loop):
+    async def scenario() -> None:
+        bridge = await started()
+        ours, master = channel.socketpair()
+        ours.setblocking(False)
+        hooks = RequestHooks()
+        bridge.uv_config.loaded_app = hooks.wrap(bridge.uv_config.loaded_app)
+        handback = HandBack(ours, bridge, hooks)
+        with listener() as lsock:
+            idle, busy = Client(lsock, bridge), Client(lsock, bridge)
+            await bridge.wait_adopted()
+            idle.sock.sendall(GET)
+            await idle.response()
+            busy.sock.sendall(b"GET /slow?ms=200 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await turns()
+            handback.release(2)
+            message, fds = channel.recv(master)
+            assert (message[:1], channel.fds_sent(message), len(fds)) == (channel.HAND_BACK, 1, 1)
+            assert hooks.after_response is not None, "still one to release"
+            assert b"200 OK" in await busy.response()  # its response is not lost...
+            message, more = channel.recv(master)  # ...and then it moves
+            assert channel.fds_sent(message) == 1 and len(more) == 1
+            assert hooks.after_response is None, "nothing more asked"
+            assert handback.moved == 2
+            for fd in fds + more:  # still open: a request on each is answered by a new worker
+                socket.socket(fileno=fd).close()
+            idle.sock.close()
+            busy.sock.close()
+        ours.close()
+        master.close()
+        await bridge.shutdown()
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize(("loads", "asked"), [
+    ([32, 32, 0, 0], [16, 16, 0, 0]),
+    ([22, 22, 20, 0], [6, 6, 4, 0]),
+    ([17, 17, 15, 15], [1, 1, 0, 0]),
+    ([16, 17, 16, 16], [0, 0, 0, 0]),
+    ([5], [0]),
+    ([], []),
+    ([3, 0, 0, 0], [2, 0, 0, 0]),
+])
+def test_releases_ask_the_busiest_for_what_they_hold_beyond_an_even_share(loads, asked):
+    assert releases(loads) == asked
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_full_channel_keeps_the_fds_until_the_master_reads(loop):
+    """The drain awaits ``flushed``: every handed-back fd reaches the master's channel."""
+
+    async def scenario() -> None:
+        bridge = await started()
+        ours, master = channel.socketpair()
+        ours.setblocking(False)
+        handback = HandBack(ours, bridge, RequestHooks())
+        while True:  # the master does not read: fill its side of the channel
+            try:
+                ours.send(channel.METRICS + b"{}")
+            except BlockingIOError:
+                break
+        with listener() as lsock:
+            client = Client(lsock, bridge)
+            await bridge.wait_adopted()
+            client.sock.sendall(GET)
+            await client.response()
+            await turns()
+            handback.drain()
+            assert handback.queue, "queued while the channel is full"
+            waiting = asyncio.ensure_future(handback.flushed())
+            await turns()
+            assert not waiting.done(), "the drain would wait"
+            master.setblocking(False)
+            received: list[int] = []
+            while not waiting.done():
+                for message, fds in channel.pending(master, channel.MAX_MESSAGE):
+                    if message[:1] == channel.HAND_BACK:
+                        received += fds
+                await asyncio.sleep(0.005)
+            for _message, fds in channel.pending(master, channel.MAX_MESSAGE):
+                received += fds
+            assert len(received) == 1 and not handback.queue
+            with socket.socket(fileno=received[0]) as moved:
+                assert moved.getpeername() == client.sock.getsockname()  # the same connection
+            client.sock.close()
+        ours.close()
+        master.close()
+        await bridge.shutdown()
+
+    run(loop, scenario)
+
+
+def test_a_replacement_joining_starts_no_evening_out():
+    """The worker it replaces drains right after and hands it its connections: evening
+    out the others first would move some connections twice in a rolling reload."""
+
+    async def scenario() -> None:
+        dispatch: Any = SimpleNamespace(rotation=[], closed=False)
+        rebalancer = Rebalancer(dispatch, enabled=True)
+        rebalancer.joined(SimpleNamespace(replacement=True))  # type: ignore[arg-type]
+        assert rebalancer.timer is None
+        rebalancer.joined(SimpleNamespace(replacement=False))  # type: ignore[arg-type]
+        assert rebalancer.timer is not None
+        rebalancer.close()
+
+    asyncio.run(scenario())

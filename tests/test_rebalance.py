@@ -1,0 +1,227 @@
+"""Kept-alive connections that move (``--rebalance``), with real workers and a raw-socket
+client holding N connections: after a scale-up they spread over the new workers, through
+a reload or a scale-down they are handed on instead of closed, and no request is lost or
+answered twice on the way."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import signal
+import socket
+import threading
+import time
+
+from tests.conftest import established, free_port, get, wait_for
+
+GET = b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Pool:
+    """N kept-alive connections. ``round`` sends a request on each, then reads each
+    answer: exactly one response per request; a close by the server, or a response that
+    says ``Connection: close``, is a failure."""
+
+    def __init__(self, port: int, n: int) -> None:
+        self.socks = [socket.create_connection(("127.0.0.1", port), timeout=15)
+                      for _ in range(n)]
+        self.buffers = [b""] * n
+
+    def ask(self, i: int, request: bytes = GET) -> None:
+        self.socks[i].sendall(request)
+
+    def answer(self, i: int) -> int:
+        """The pid in connection ``i``'s next response."""
+        sock, data = self.socks[i], self.buffers[i]
+        while b"\r\n\r\n" not in data:
+            data += self._recv(sock, i)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += self._recv(sock, i)
+        self.buffers[i] = body[length:]
+        assert b"connection: close" not in head.lower(), f"connection {i}: {head!r}"
+        return int(body[:length])
+
+    @staticmethod
+    def _recv(sock: socket.socket, i: int) -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection {i} was closed by the server")
+        return chunk
+
+    def round(self) -> list[int]:
+        for i in range(len(self.socks)):
+            self.ask(i)
+        return [self.answer(i) for i in range(len(self.socks))]
+
+    def nothing_more(self) -> bool:
+        """No byte beyond the responses read: no request was answered twice."""
+        for i, sock in enumerate(self.socks):
+            sock.setblocking(False)
+            try:
+                extra = sock.recv(65536)
+            except BlockingIOError:
+                extra = b""
+            finally:
+                sock.settimeout(15)
+            if extra or self.buffers[i]:
+                return False
+        return True
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+class Driver:
+    """Rounds on a pool, one after another, in a thread: (time, pids) per round."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.rounds: list[tuple[float, list[int]]] = []
+        self.failures: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.rounds.append((started, self.pool.round()))
+            except Exception as exc:  # noqa: BLE001 - any failure counts
+                self.failures.append(exc)
+                return
+
+    def round_after(self, moment: float) -> list[int]:
+        """The pids of the first round started after ``moment`` (waits for it)."""
+        def done() -> list[int] | None:
+            assert not self.failures, self.failures
+            return next((pids for started, pids in self.rounds if started > moment), None)
+        return wait_for(done, 15, "a round")
+
+    def __enter__(self) -> Driver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(20)
+
+
+def ready_count(run) -> int:
+    return run.log().count(" ready in ")
+
+
+def spread(pids: list[int]) -> float:
+    counts = collections.Counter(pids).values()
+    return max(counts) / min(counts)
+
+
+def test_scale_up_spreads_a_kept_alive_pool_within_a_second_then_scale_down_closes_none(
+        pmx_run):
+    admin = free_port()
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log",
+                  "--admin", f"127.0.0.1:{admin}")
+    run.wait_serving(2)
+    pool = Pool(run.port, 64)
+    first = set(pool.round())
+    assert len(first) == 2
+    with Driver(pool) as driver:
+        driver.round_after(time.monotonic())
+        run.signal(signal.SIGTTIN)
+        wait_for(lambda: "to 3 worker(s)" in run.log(), 10, "the first scale-up")
+        run.signal(signal.SIGTTIN)
+        wait_for(lambda: ready_count(run) >= 4, 20, "4 ready workers")
+        ready = time.monotonic()
+        pids = driver.round_after(ready + 1.0)
+        assert len(set(pids)) == 4, collections.Counter(pids)
+        assert spread(pids) <= 1.1, collections.Counter(pids)
+        status = json.loads(get(admin, "/workers")[1])
+        assert sum(w["moved"] for w in status["workers"]) >= 32, status["workers"]
+        assert "pmx_worker_connections_moved_total" in get(admin, "/metrics")[1]
+        # Scale-down: the two drained workers hand their connections on.
+        run.signal(signal.SIGTTOU)
+        wait_for(lambda: "to 3 worker(s)" in run.log().split("to 4 worker(s)")[-1], 10, "3")
+        run.signal(signal.SIGTTOU)
+        wait_for(lambda: run.log().count(") stopped (exit code 0)") >= 2, 20, "2 stopped")
+        left = run.worker_pids()
+        pids = driver.round_after(time.monotonic())
+        assert set(pids) == left and len(left) == 2
+        assert not driver.failures, driver.failures
+    assert not driver.failures, driver.failures
+    assert pool.nothing_more()
+    pool.close()
+
+
+def test_reload_under_a_kept_alive_pool_closes_no_connection_and_fails_no_request(pmx_run):
+    admin = free_port()
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log",
+                  "--admin", f"127.0.0.1:{admin}")
+    run.wait_serving(2)
+    pool = Pool(run.port, 32)
+    old = set(pool.round())
+    with Driver(pool) as driver:
+        driver.round_after(time.monotonic())
+        run.signal(signal.SIGHUP)
+        wait_for(lambda: "reload of tests.apps.plain done" in run.log(), 30, "the reload")
+        wait_for(lambda: not old & run.worker_pids(), 20, "the old workers to exit")
+        pids = driver.round_after(time.monotonic())
+        served = len(driver.rounds)
+    assert not driver.failures, driver.failures
+    assert served > 3
+    assert not set(pids) & old and len(set(pids)) == 2, (pids, old)
+    assert pool.nothing_more(), "a request was answered twice"
+    # Every connection was handed on (more moves if a worker was slow for a moment).
+    assert json.loads(get(admin, "/workers")[1])["connections_moved"] >= 32
+    pool.close()
+
+
+def test_a_connection_with_half_a_request_stays_while_idle_ones_move(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--no-access-log")
+    run.wait_serving(1)
+    pool = Pool(run.port, 4)
+    [old] = set(pool.round())
+    for i in (0, 1, 2):  # half a request head, buffered in the worker's parser
+        pool.ask(i, GET[:20])
+    run.signal(signal.SIGTTIN)
+    wait_for(lambda: ready_count(run) >= 2, 20, "the second worker")
+    [new] = run.worker_pids() - {old}
+    wait_for(lambda: established([new], run.port) >= 1, 10, "a connection moved")
+    for i in (0, 1, 2):
+        pool.ask(i, GET[20:])
+        assert pool.answer(i) == old
+    pool.ask(3)
+    assert pool.answer(3) == new
+    assert pool.nothing_more()
+    pool.close()
+
+
+def test_no_rebalance_leaves_kept_alive_connections_where_they_are(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--no-access-log", "--no-rebalance")
+    run.wait_serving(1)
+    pool = Pool(run.port, 4)
+    [old] = set(pool.round())
+    run.signal(signal.SIGTTIN)
+    wait_for(lambda: ready_count(run) >= 2, 20, "the second worker")
+    [new] = run.worker_pids() - {old}
+    wait_for(lambda: get(run.port)[1] == str(new), 10, "the new worker in rotation")
+    assert set(pool.round()) == {old}
+    pool.close()
+
+
+def test_recycling_under_a_kept_alive_pool_hands_connections_on(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log",
+                  "--max-requests", "400")
+    run.wait_serving(2)
+    pool = Pool(run.port, 16)
+    with Driver(pool) as driver:
+        wait_for(lambda: run.log().count("replacing worker #") >= 3 or driver.failures, 60,
+                 "three recyclings")
+        wait_for(lambda: run.log().count(") stopped (exit code 0)") >= 3 or driver.failures,
+                 30, "the recycled workers to exit")
+        driver.round_after(time.monotonic())
+    assert not driver.failures, driver.failures
+    assert pool.nothing_more()
+    pool.close()
