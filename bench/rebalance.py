@@ -34,7 +34,7 @@ from bench.scenarios import REBALANCE, Moving
 
 BUCKET = 0.25  # seconds per time bucket of the pool's counts
 STEADY_TURNS = 4  # wrk runs per mode in the steady scenario, alternating
-MODES = {"on": "--rebalance", "off": "--no-rebalance"}
+MODES = {"on": "--rebalance=all", "off": "--rebalance=off"}
 
 
 class Pool:

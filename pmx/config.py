@@ -35,6 +35,7 @@ from pmx.settings import (
     NAME,
     PATHS,
     PORT_NUMBER,
+    REBALANCE_USES,
     SECONDS,
     SIZE,
     SIZE_OR_OFF,
@@ -65,7 +66,7 @@ from pmx.settings import (
 )
 
 __all__ = [
-    "BALANCE_POLICIES", "INTERFACES", "LOG_LEVELS", "SETTINGS", "OPTIONS", "AppConfig",
+    "BALANCE_POLICIES", "REBALANCE_USES", "INTERFACES", "LOG_LEVELS", "SETTINGS", "OPTIONS", "AppConfig",
     "BindAddress", "check_choice", "check_env_key", "check_import_string", "check_name",
     "check_watch_path", "parse_bind", "parse_count", "parse_env_item", "parse_positive_int",
     "parse_seconds", "parse_size", "parse_workers",
@@ -110,15 +111,16 @@ class AppConfig:
             "requests in flight (ties go round robin). See "
             "[architecture.md](architecture.md#balancing).",
     )
-    rebalance: bool = setting(
-        SWITCH, "--rebalance", default=True,
+    rebalance: str = setting(
+        choice(REBALANCE_USES), "--rebalance", default="all",
         help="Move idle kept-alive connections between workers: to a worker joining the "
-             "rotation, and from a draining one instead of closing them.",
-        doc="Move idle kept-alive connections between workers: when a worker joins the "
-            "rotation (scale-up, a replacement) the busiest workers hand it their excess, "
-            "and a draining worker (reload, recycling, scale-down) hands its connections on "
-            "instead of closing them. `--no-rebalance` keeps each connection on its first "
-            "worker. See "
+             "rotation (join), from a draining one instead of closing them (drain), both "
+             "(all) or never (off).",
+        doc="Move idle kept-alive connections between workers. `join`: when a worker "
+            "joins the rotation (scale-up, a respawn) the busiest workers hand it their "
+            "excess. `drain`: a draining worker (reload, recycling, scale-down) hands its "
+            "connections on instead of closing them. `all`: both; `off`: each connection "
+            "stays on its first worker. See "
             "[architecture.md](architecture.md#moving-kept-alive-connections-rebalancing).",
     )
     interface: str = setting(

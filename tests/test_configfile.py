@@ -128,7 +128,7 @@ ALL_KEYS = {
     "log-backups": "0",
     "interface": '"wsgi"',
     "balance": '"least-conn"',
-    "rebalance": "false",
+    "rebalance": '"drain"',
 }
 ALL_FIELDS = {
     "app_dir": "",  # filled in by the test: the file's directory
@@ -146,7 +146,7 @@ ALL_FIELDS = {
     "log_backups": 0,
     "interface": "wsgi",
     "balance": "least-conn",
-    "rebalance": False,
+    "rebalance": "drain",
 }
 
 

@@ -287,7 +287,7 @@ def test_a_replacement_joining_starts_no_evening_out():
 
     async def scenario() -> None:
         dispatch: Any = SimpleNamespace(rotation=[], closed=False)
-        rebalancer = Rebalancer(dispatch, enabled=True)
+        rebalancer = Rebalancer(dispatch, "all")
         rebalancer.joined(SimpleNamespace(replacement=True))  # type: ignore[arg-type]
         assert rebalancer.timer is None
         rebalancer.joined(SimpleNamespace(replacement=False))  # type: ignore[arg-type]
@@ -295,3 +295,23 @@ def test_a_replacement_joining_starts_no_evening_out():
         rebalancer.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("uses", "evens_out", "hands_on"), [
+    ("all", True, True), ("join", True, False), ("drain", False, True), ("off", False, False),
+])
+def test_each_use_of_rebalancing_is_switched_on_its_own(uses, evens_out, hands_on):
+    """--rebalance join: a worker joining gets its share, a draining one closes its
+    connections; drain: the other way round; off: neither."""
+
+    async def scenario() -> tuple[bool, bytes]:
+        dispatch: Any = SimpleNamespace(rotation=[object()], closed=False)
+        rebalancer = Rebalancer(dispatch, uses)
+        rebalancer.joined(SimpleNamespace(replacement=False))  # type: ignore[arg-type]
+        started = rebalancer.timer is not None
+        rebalancer.close()
+        return started, rebalancer.stop_message()
+
+    started, stop = asyncio.run(scenario())
+    assert started is evens_out
+    assert stop == (channel.STOP_HANDING_BACK if hands_on else channel.STOP)

@@ -199,7 +199,7 @@ def test_a_connection_with_half_a_request_stays_while_idle_ones_move(pmx_run):
 
 
 def test_no_rebalance_leaves_kept_alive_connections_where_they_are(pmx_run):
-    run = pmx_run("tests.apps.plain:app", "-i", "1", "--no-access-log", "--no-rebalance")
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--no-access-log", "--rebalance", "off")
     run.wait_serving(1)
     pool = Pool(run.port, 4)
     [old] = set(pool.round())

@@ -107,7 +107,7 @@ def test_watch_reloads_after_an_edit(pmx_run, tmp_path):
     assert log.count("reload of versioned done") == 1
 
 
-@pytest.mark.parametrize("rebalance", ["--rebalance", "--no-rebalance"])
+@pytest.mark.parametrize("rebalance", ["--rebalance=all", "--rebalance=off"])
 def test_reload_with_a_paced_keep_alive_client(pmx, tmp_path, rebalance):
     """A client reusing one connection with pauses between requests: no request fails.
     With rebalancing its connection moves to a new worker and is never closed; without,
@@ -144,7 +144,7 @@ def test_reload_with_a_paced_keep_alive_client(pmx, tmp_path, rebalance):
     for thread in threads:
         thread.join(10)
     assert failures == []
-    if rebalance == "--rebalance":
+    if rebalance == "--rebalance=all":
         assert closes[0] == 0  # handed on to the new workers instead
     else:
         assert closes[0] >= 1  # connections to draining workers were closed after a response

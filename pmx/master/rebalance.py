@@ -1,4 +1,5 @@
-"""Moving kept-alive connections between workers (``--rebalance``, on by default).
+"""Moving kept-alive connections between workers (``--rebalance``: both uses by default,
+each can be had alone, ``join`` or ``drain``, or neither, ``off``).
 
 A kept-alive connection stays with the worker that first got it; the kernel cannot
 move an accepted connection, but the master can, since it passes fds: a worker hands
@@ -8,14 +9,14 @@ balancing policy, as if it had just been accepted. Two uses:
 
 - **A worker joins the rotation** (scale-up, a respawn after a crash, back from failing
   health checks): the busiest workers are asked to release (``L`` N) what they hold
-  beyond an even share, ``releases``. Busy connections turn idle between requests, so
+  beyond an even share, ``releases`` (``--rebalance join``). Busy connections turn idle between requests, so
   the master looks again every ROUND seconds for up to WINDOW seconds and asks again
   while the counts differ by more than one. Not for a replacement (reload, recycling):
   the worker it replaces drains right after and hands it its connections, and evening
   out the others first would move some of them twice.
 - **A worker drains** (reload, recycling, scale-down, a worker's SIGTERM): its STOP is
   ``S`` 1, and it hands back every kept-alive connection as it turns idle instead of
-  closing it. Only at a full stop (the dispatcher is closed: no worker can take them)
+  closing it (``--rebalance drain``). Only at a full stop (the dispatcher is closed: no worker can take them)
   do workers get a plain ``S`` and close their connections as before, and a hand-back
   that crosses the stop is closed by the master.
 
@@ -53,9 +54,11 @@ def releases(loads: Sequence[int]) -> list[int]:
 
 
 class Rebalancer:
-    def __init__(self, dispatch: Dispatcher, enabled: bool) -> None:
+    def __init__(self, dispatch: Dispatcher, uses: str = "all") -> None:
+        """``uses`` (``--rebalance``): ``join``, ``drain``, ``all`` (both) or ``off``."""
         self.dispatch = dispatch
-        self.enabled = enabled
+        self.on_join = uses in ("all", "join")
+        self.on_drain = uses in ("all", "drain")
         self.moved = 0  # connections handed back and handed on, over the app's life
         self.until = 0.0  # loop time when the current evening-out ends
         self.timer: asyncio.Handle | None = None
@@ -63,7 +66,7 @@ class Rebalancer:
     def stop_message(self) -> bytes:
         """What a worker leaving the rotation is told: hand back its connections if
         some worker can take them."""
-        if self.enabled and not self.dispatch.closed and self.dispatch.rotation:
+        if self.on_drain and not self.dispatch.closed and self.dispatch.rotation:
             return channel.STOP_HANDING_BACK
         return channel.STOP
 
@@ -78,7 +81,7 @@ class Rebalancer:
 
     def joined(self, worker: Worker) -> None:
         """``worker`` joined the rotation: even out the connections for a while."""
-        if not self.enabled or worker.replacement:
+        if not self.on_join or worker.replacement:
             return
         loop = asyncio.get_running_loop()
         self.until = loop.time() + WINDOW

@@ -25,13 +25,25 @@ from pmx.master.states import AppState
 from pmx.master.workers import Worker
 
 
-class Replacing(Protocol):
-    """The reloader's view (pmx.master.reload)."""
+class App(Protocol):
+    """What every part reads: the app's config and state."""
 
     @property
     def config(self) -> AppConfig: ...
     @property
     def state(self) -> AppState: ...
+
+
+class Fleet(App, Protocol):
+    """An app and its live workers."""
+
+    @property
+    def live(self) -> list[Worker]: ...
+
+
+class Replacing(App, Protocol):
+    """The reloader's view (pmx.master.reload)."""
+
     @property
     def slots(self) -> Slots: ...
 
@@ -42,13 +54,9 @@ class Replacing(Protocol):
         """Kill a new worker that will not be used."""
 
 
-class Scaling(Protocol):
+class Scaling(App, Protocol):
     """The scaler's view (pmx.master.scaling)."""
 
-    @property
-    def config(self) -> AppConfig: ...
-    @property
-    def state(self) -> AppState: ...
     @property
     def slots(self) -> Slots: ...
 
@@ -73,15 +81,9 @@ class Replacer(Protocol):
     def start_reload(self, parallel: int = 1) -> asyncio.Task[list[int]]: ...
 
 
-class Supervised(Protocol):
+class Supervised(Fleet, Protocol):
     """The supervisor's view (pmx.master.supervise)."""
 
-    @property
-    def config(self) -> AppConfig: ...
-    @property
-    def state(self) -> AppState: ...
-    @property
-    def live(self) -> list[Worker]: ...
     @property
     def slots(self) -> Slots: ...
 
@@ -95,24 +97,13 @@ class Supervised(Protocol):
         """``worker``, idle, has not stamped its load slot for ``seconds``."""
 
 
-class Watched(Protocol):
-    """The file watcher's view (pmx.master.watch)."""
-
-    @property
-    def config(self) -> AppConfig: ...
-    @property
-    def state(self) -> AppState: ...
+class Watched(App, Protocol):
+    """The file watcher's view (pmx.master.watch): config and state alone."""
 
 
-class Observed(Protocol):
+class Observed(Fleet, Protocol):
     """What the status snapshot reads (pmx.master.status)."""
 
-    @property
-    def config(self) -> AppConfig: ...
-    @property
-    def state(self) -> AppState: ...
-    @property
-    def live(self) -> list[Worker]: ...
     @property
     def address(self) -> BindAddress: ...
     @property
@@ -129,15 +120,9 @@ class Observed(Protocol):
     def clock(self) -> float: ...
 
 
-class Administered(Protocol):
+class Administered(Fleet, Protocol):
     """The admin endpoint's view (pmx.master.admin)."""
 
-    @property
-    def config(self) -> AppConfig: ...
-    @property
-    def state(self) -> AppState: ...
-    @property
-    def live(self) -> list[Worker]: ...
     @property
     def history(self) -> History: ...
     @property
