@@ -66,7 +66,8 @@ from pmx.settings import (
 )
 
 __all__ = [
-    "BALANCE_POLICIES", "REBALANCE_USES", "INTERFACES", "LOG_LEVELS", "SETTINGS", "OPTIONS", "AppConfig",
+    "BALANCE_POLICIES", "REBALANCE_USES", "INTERFACES", "LOG_LEVELS", "SETTINGS", "OPTIONS",
+    "AppConfig",
     "BindAddress", "check_choice", "check_env_key", "check_import_string", "check_name",
     "check_watch_path", "parse_bind", "parse_count", "parse_env_item", "parse_positive_int",
     "parse_seconds", "parse_size", "parse_workers",

@@ -7,17 +7,17 @@ an idle kept-alive connection back (``B``, pmx.worker.handback) and the master h
 it to a worker in rotation through the dispatcher (``Dispatcher.rehome``), by the
 balancing policy, as if it had just been accepted. Two uses:
 
-- **A worker joins the rotation** (scale-up, a respawn after a crash, back from failing
-  health checks): the busiest workers are asked to release (``L`` N) what they hold
-  beyond an even share, ``releases`` (``--rebalance join``). Busy connections turn idle between requests, so
-  the master looks again every ROUND seconds for up to WINDOW seconds and asks again
-  while the counts differ by more than one. Not for a replacement (reload, recycling):
+- **A worker joins the rotation** (``join``: scale-up, a respawn after a crash, back
+  from failing health checks): the busiest workers are asked to release (``L`` N) what
+  they hold beyond an even share, ``releases``. Busy connections turn idle between
+  requests, so the master looks again every ROUND seconds for up to WINDOW seconds and
+  asks again while the counts differ by more than one. Not for a replacement (reload, recycling):
   the worker it replaces drains right after and hands it its connections, and evening
   out the others first would move some of them twice.
-- **A worker drains** (reload, recycling, scale-down, a worker's SIGTERM): its STOP is
-  ``S`` 1, and it hands back every kept-alive connection as it turns idle instead of
-  closing it (``--rebalance drain``). Only at a full stop (the dispatcher is closed: no worker can take them)
-  do workers get a plain ``S`` and close their connections as before, and a hand-back
+- **A worker drains** (``drain``: reload, recycling, scale-down, a worker's SIGTERM): its
+  STOP is ``S`` 1, and it hands back every kept-alive connection as it turns idle
+  instead of closing it. Only at a full stop (the dispatcher is closed: no worker can
+  take them) do workers get a plain ``S`` and close their connections as before, and a hand-back
   that crosses the stop is closed by the master.
 
 The invariants each move keeps are the worker's (pmx.worker.handback): no byte is read
