@@ -22,7 +22,8 @@ worker -> master
     ``Q`` + u64 + u8  probe N's answer: 1 healthy, 0 not. Without a health path the
                    event loop answers at once (it is not blocked); with one, the answer
                    is a GET of that path through the app (2xx/3xx is healthy)
-    ``M`` + JSON   request metrics (pmx.worker.metrics), once a second
+    ``M`` + JSON   request metrics (pmx.worker.metrics), once a second: responses by
+                   status class and cumulative counts of durations up to each of BUCKETS
     ``D``          leaving: the worker was told to stop (SIGTERM); the master takes it
                    out of rotation and answers ``S`` once no fd can follow
     ``B`` + u16    hand-back: N idle kept-alive connection fds in SCM_RIGHTS, detached
@@ -61,6 +62,9 @@ PROBE_REPLY = b"Q"
 RELEASE = b"L"
 HAND_BACK = b"B"
 STOP_HANDING_BACK = STOP + b"\x01"
+
+# Upper bounds (seconds) of the request-duration histogram in ``M`` messages.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _COUNT = struct.Struct("!H")
 MAX_MESSAGE = 256 * 1024

@@ -105,7 +105,7 @@ def test_a_detached_connection_keeps_its_socket_and_the_next_worker_reads_what_w
             fd = old.detach(protocol)
             client.sock.sendall(GET)  # sent while the fd is on its way: waits in the kernel
             await turns()
-            assert old.load().connections == 0, "the old worker forgot the connection"
+            assert old.counters()[1] == 0, "the old worker forgot the connection"
             assert client.pending() == b"", "not closed, and nothing answered by the old one"
             new.adopt(fd)
             assert b"200 OK" in await client.response()

@@ -28,10 +28,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from pmx.channel import BUCKETS
 from pmx.errors import BindError
 from pmx.master.roles import Administered
 from pmx.master.workers import WorkerState
-from pmx.worker.metrics import BUCKETS
 
 log = logging.getLogger("pmx.master")
 

@@ -43,7 +43,6 @@ from uvicorn._compat import asyncio_run
 from uvicorn.config import LOGGING_CONFIG
 
 from pmx.config import AppConfig
-from pmx.loadslot import Load
 from pmx.worker.heads import head_limited
 from pmx.worker.metrics import PROBE_EXTENSION
 
@@ -261,9 +260,6 @@ class UvicornBridge:
         for notifying in self._sets:
             notifying.on_change = callback
 
-    def load(self) -> Load:
-        return Load(*self.counters())
-
     def counters(self) -> tuple[int, int, int, int]:
         """``load()`` as a plain tuple, for the per-request hot path."""
         state = self.server.server_state
@@ -339,11 +335,6 @@ class UvicornBridge:
 
     def connections(self) -> list[Any]:
         return list(self.server.server_state.connections)
-
-    def fresh_connections(self) -> int:
-        """Connections that have not yet sent their first request."""
-        connections = self.server.server_state.connections
-        return sum(1 for c in connections if getattr(c, "cycle", 0) is None)
 
     async def probe(self, path: str, timeout: float) -> bool:
         """GET ``path`` through the app (its middleware included); 2xx/3xx is healthy."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+from pmx.channel import BUCKETS
+
 PROBE_EXTENSION = "pmx.probe"
 
 
