@@ -13,12 +13,17 @@ connection may carry any number of requests. A chunk that would carry the count 
 the limit is parsed in two parts: the bytes up to the limit, then (only if a head
 completed within them) the rest, so the limit is exact whatever the size of a read. A
 WebSocket upgrade swaps the transport's protocol, and its frames are not counted.
+
+The connection is closed in stages, as nginx's ``lingering_close`` does: the client
+is likely still sending its head, and a close with unread data makes the kernel send a
+reset that can destroy the answer before the client reads it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+LINGER = 2.0  # seconds a refused connection is still read, at most, before it is closed
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
@@ -33,8 +38,11 @@ def head_limited(protocol_class: type[Any], limit: int) -> type[Any]:
 
     class HeadLimited(protocol_class):  # type: ignore[misc, valid-type]
         _head = 0  # bytes received since the last head completed
+        _refused = False  # answered 431: what comes now is read and dropped
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
             cycle = self.cycle
             if cycle is not None and cycle.more_body:  # a request body: not counted
                 super().data_received(data)
@@ -53,11 +61,22 @@ def head_limited(protocol_class: type[Any], limit: int) -> type[Any]:
             if transport.is_closing() or transport.get_protocol() is not self:
                 return  # a parse error answered, or upgraded to a WebSocket
             if self.cycle is cycle:
-                transport.write(_TOO_LARGE)
-                transport.close()
+                self._refuse(transport)
                 return
             self._head = 0
             self.data_received(data[room:])  # a body, or the next head
+
+        def _refuse(self, transport: Any) -> None:
+            """Answer 431 and close in stages (a "lingering close", RFC 9112 9.6): this
+            side is shut down once the answer is out, and what the client still sends
+            is read and dropped until it closes or LINGER seconds pass. Closing at once,
+            with the rest of the head unread, would make the kernel send a reset, which
+            can destroy the answer before the client has read it."""
+            self._refused = True
+            transport.write(_TOO_LARGE)
+            if transport.can_write_eof():
+                transport.write_eof()
+            self.loop.call_later(LINGER, transport.close)
 
     HeadLimited.__name__ = HeadLimited.__qualname__ = f"HeadLimited{protocol_class.__name__}"
     return HeadLimited
