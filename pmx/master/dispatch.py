@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
 from pmx import channel
 from pmx.master.balancer import Policy
@@ -136,15 +137,22 @@ class Dispatcher:
         if fds and self.accept_errors:
             log.warning("accepting again after %d failed accept(s)", self.accept_errors)
             self.accept_errors = 0
-        if not fds:
-            return
+        if fds:
+            self._share(rotation, ranks, fds, now)
+
+    def _share(self, workers: list[Worker], ranks: list[Any], fds: list[int],
+               now: float) -> int:
+        """Send ``fds`` to ``workers`` as the policy shares them out by ``ranks``, one
+        message per worker, then close the master's copies. Returns how many were sent."""
+        sent = 0
         try:
             counts = self.policy.share(ranks, len(fds))
             first = 0
-            for worker, count in zip(rotation, counts, strict=True):
+            for worker, count in zip(workers, counts, strict=True):
                 if count:
-                    self._hand_off(worker, fds[first : first + count], now)
+                    sent += self._hand_off(worker, fds[first : first + count], now)
                     first += count
+            return sent
         finally:
             _close_all(fds)
 
@@ -154,20 +162,11 @@ class Dispatcher:
         rotation = self.rotation
         candidates = [w for w in rotation if w is not source] or (
             [source] if source in rotation else [])
-        sent = 0
-        try:
-            if not candidates or self.closed:
-                return 0
-            now = time.monotonic()
-            counts = self.policy.share(self.policy.ranks(candidates, now), len(fds))
-            first = 0
-            for worker, count in zip(candidates, counts, strict=True):
-                if count:
-                    sent += self._hand_off(worker, fds[first : first + count], now)
-                    first += count
-            return sent
-        finally:
+        if not candidates or self.closed:
             _close_all(fds)
+            return 0
+        now = time.monotonic()
+        return self._share(candidates, self.policy.ranks(candidates, now), fds, now)
 
     def _hand_off(self, worker: Worker, fds: list[int], now: float) -> int:
         try:
