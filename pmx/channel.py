@@ -13,7 +13,9 @@ master -> worker
     ``S`` [+ u8]   stop: no fd follows; serve what you hold, then exit. With a 1 byte,
                    hand kept-alive connections back (``B``) as each turns idle instead
                    of closing them (a drain with rebalancing); plain ``S`` closes them
-    ``L`` + u16    release: hand back up to N idle kept-alive connections (``B``)
+    ``L`` + u16    release: hand back up to N idle kept-alive connections (``B``), none
+                   of those that block
+    ``K`` + u16    gather: hand back up to N idle connections that block (``G``)
     ``P`` + u64    health probe number N
 
 worker -> master
@@ -29,6 +31,8 @@ worker -> master
     ``B`` + u16    hand-back: N idle kept-alive connection fds in SCM_RIGHTS, detached
                    at a request boundary (pmx.worker.handback); the master hands them
                    to workers in rotation as it hands accepted connections
+    ``G`` + u16    the same for connections that block: the master gathers them on
+                   fewer workers (pmx.master.rebalance)
 
 Because a socket pair delivers in order, ``S`` arriving after the last ``F`` is what
 guarantees that no handed-off connection is left unread when a worker stops.
@@ -61,6 +65,8 @@ PROBE = b"P"
 PROBE_REPLY = b"Q"
 RELEASE = b"L"
 HAND_BACK = b"B"
+GATHER = b"K"
+GATHERED = b"G"
 STOP_HANDING_BACK = STOP + b"\x01"
 
 # Upper bounds (seconds) of the request-duration histogram in ``M`` messages.
@@ -73,7 +79,8 @@ MAX_MESSAGE = 256 * 1024
 MAX_FROM_MASTER = 64
 MAX_FDS = 253  # SCM_MAX_FD on Linux
 _FDS_HEADERS = [[FDS + _COUNT.pack(n)] for n in range(MAX_FDS + 1)]
-_BACK_HEADERS = [[HAND_BACK + _COUNT.pack(n)] for n in range(MAX_FDS + 1)]
+_BACK_HEADERS = {kind: [[kind + _COUNT.pack(n)] for n in range(MAX_FDS + 1)]
+                 for kind in (HAND_BACK, GATHERED)}
 _FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 _PROBE = struct.Struct("!Q")
 _REPLY = struct.Struct("!QB")
@@ -142,21 +149,24 @@ def send_fds(sock: socket.socket, fds: list[int]) -> None:
     sock.sendmsg(_FDS_HEADERS[len(fds)], [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
 
 
-def hand_back(sock: socket.socket, fds: list[int]) -> None:
-    """Send up to MAX_FDS detached connection fds to the master. Raises OSError."""
-    sock.sendmsg(_BACK_HEADERS[len(fds)], [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
+def hand_back(sock: socket.socket, fds: list[int], kind: bytes = HAND_BACK) -> None:
+    """Send up to MAX_FDS detached connection fds to the master, in a ``B`` message (or
+    ``G`` for connections that block). Raises OSError."""
+    sock.sendmsg(_BACK_HEADERS[kind][len(fds)], [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
 
 
-def encode_release(count: int) -> bytes:
-    return RELEASE + _COUNT.pack(min(count, 0xFFFF))
+def encode_release(count: int, kind: bytes = RELEASE) -> bytes:
+    """``L`` N (release N connections) or ``K`` N (hand back N that block)."""
+    return kind + _COUNT.pack(min(count, 0xFFFF))
 
 
 def decode_release(message: bytes) -> int:
+    """N of an ``L`` or ``K`` message."""
     return int(_COUNT.unpack_from(message, 1)[0])
 
 
 def fds_sent(message: bytes) -> int:
-    """How many fds an ``F`` or ``B`` message carried when it was sent."""
+    """How many fds an ``F``, ``B`` or ``G`` message carried when it was sent."""
     return int(_COUNT.unpack_from(message, 1)[0])
 
 

@@ -107,21 +107,26 @@ class AppConfig:
         help="How the master picks a worker for each connection.",
         doc="How the master picks a worker for each connection: each ready worker in turn, "
             "the one with the fewest open connections, or the one least busy: a worker "
-            "whose event loop turns now, then one without a kept-alive connection whose "
-            "requests block its loop, then the fewest open connections, then the fewest "
-            "requests in flight (ties go round robin). See "
+            "whose event loop turns now, then one whose loop is stuck only briefly, then "
+            "one holding a kept-alive connection whose requests block its loop, never one "
+            "held by the app (blocked for 25 ms, or serving a request for a path that "
+            "blocked last time) while another can take it; among equals the fewest open "
+            "connections, then the fewest requests in flight (ties go round robin). See "
             "[architecture.md](architecture.md#balancing).",
     )
     rebalance: str = setting(
         choice(REBALANCE_USES), "--rebalance", default="all",
         help="Move idle kept-alive connections between workers: to a worker joining the "
-             "rotation (join), from a draining one instead of closing them (drain), both "
-             "(all) or never (off).",
+             "rotation (join), from a draining one instead of closing them (drain), those "
+             "that block the loop onto fewer workers (gather), all three (all) or never "
+             "(off).",
         doc="Move idle kept-alive connections between workers. `join`: when a worker "
             "joins the rotation (scale-up, a respawn) the busiest workers hand it their "
             "excess. `drain`: a draining worker (reload, recycling, scale-down) hands its "
-            "connections on instead of closing them. `all`: both; `off`: each connection "
-            "stays on its first worker. See "
+            "connections on instead of closing them. `gather` (with `least-busy`): "
+            "connections whose requests block the event loop are gathered on as few "
+            "workers as possible, at most half, leaving the other loops free. `all`: all "
+            "three; `off`: each connection stays on its first worker. See "
             "[architecture.md](architecture.md#moving-kept-alive-connections-rebalancing).",
     )
     interface: str = setting(

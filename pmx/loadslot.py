@@ -7,14 +7,14 @@ keep-alive traffic and see a stalled event loop the moment it stalls.
 
 Layout (native order, 8-byte fields): fds taken in (each now an open connection, or
 dropped if it failed before opening; pmx.worker.bridge), open connections, requests in
-flight, requests served, open connections whose last request blocked the loop
-(pmx.worker.blocks), its budget (how many connections its fd limit lets it hold:
-pmx.worker.capacity) and ``active_at``: ``time.monotonic()`` when the worker last made
-progress (adopted a connection, started or finished a request, or its heartbeat ran
-while requests were in flight). CLOCK_MONOTONIC
-is system-wide, so the master can compare it with its own clock. A write copies the
-packed record over the old one; a reader may see a mix of two writes, which only blurs
-a heuristic for one pick, but never fields that were not written.
+flight, requests served, open connections whose last request blocked the loop and
+requests in flight expected to block it (pmx.worker.blocks), its budget (how many
+connections its fd limit lets it hold: pmx.worker.capacity) and ``active_at``:
+``time.monotonic()`` when the worker last made progress (adopted a connection, started
+or finished a request, or its heartbeat ran while requests were in flight).
+CLOCK_MONOTONIC is system-wide, so the master can compare it with its own clock. A write
+copies the packed record over the old one; a reader may see a mix of two writes, which
+only blurs a heuristic for one pick, but never fields that were not written.
 
 The memory is a memfd (an anonymous file in RAM, Linux), or elsewhere an unlinked
 temporary file, shared by passing its fd to the worker. Not a file in TMPDIR on Linux:
@@ -39,10 +39,11 @@ class Load:
     inflight: int = 0
     requests: int = 0
     blockers: int = 0
+    holding: int = 0
     budget: int = 0
 
 
-_LAYOUT = struct.Struct("=QQQQQQd")
+_LAYOUT = struct.Struct("=QQQQQQQd")
 _SIZE = _LAYOUT.size
 _pack = _LAYOUT.pack
 _monotonic = time.monotonic
@@ -65,15 +66,16 @@ class LoadSlot:
         return cls(fd)
 
     def put(self, received: int, connections: int, inflight: int, requests: int,
-            blockers: int, budget: int = 0) -> None:
+            blockers: int, holding: int = 0, budget: int = 0) -> None:
         """Write the counters, stamped with the time (the worker's hot path)."""
         # Not pack_into: it zeroes the whole record before filling it in, and a reader
         # in between would see zeros. A slice assignment only ever overwrites bytes.
         self.memory[:_SIZE] = _pack(received, connections, inflight, requests, blockers,
-                                    budget, _monotonic())
+                                    holding, budget, _monotonic())
 
-    def raw(self) -> tuple[int, int, int, int, int, int, float]:
-        """(received, connections, inflight, requests, blockers, budget, active_at)."""
+    def raw(self) -> tuple[int, int, int, int, int, int, int, float]:
+        """(received, connections, inflight, requests, blockers, holding, budget,
+        active_at)."""
         return _LAYOUT.unpack_from(self.memory)  # type: ignore[return-value]
 
     def read(self) -> tuple[Load, float]:

@@ -30,7 +30,7 @@ from typing import Any
 from pmx.errors import ConfigError
 
 BALANCE_POLICIES = ("round-robin", "least-conn", "least-busy")
-REBALANCE_USES = ("all", "join", "drain", "off")
+REBALANCE_USES = ("all", "join", "drain", "gather", "off")
 INTERFACES = ("auto", "asgi", "wsgi")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 

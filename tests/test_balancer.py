@@ -21,9 +21,11 @@ class Worker:
     stuck: float = 0.0
     blockers: int = 0
     full: bool = False
+    holding: int = 0
 
     def snapshot(self, now: float) -> Snapshot:
-        return Snapshot(self.load, self.inflight, self.stuck, self.blockers, self.full)
+        return Snapshot(self.load, self.inflight, self.stuck, self.blockers, self.full,
+                        self.holding)
 
 
 def workers(*loads):
@@ -284,6 +286,19 @@ def test_least_busy_waits_while_every_loop_is_held():
         assert policy.spread(candidates, 5) == [0, 5]
 
 
+def test_least_busy_counts_a_request_for_a_blocking_path_as_held_from_its_start():
+    policy = make_policy("least-busy")
+    # Worker 0 has just started a request whose path blocked last time: its loop has
+    # not missed a heartbeat yet, but it is about to block.
+    candidates = [Worker(id=0, load=1, inflight=1, holding=1), Worker(id=1, load=9,
+                                                                      inflight=3)]
+    assert policy.spread(candidates, 4) == [0, 4]
+    candidates[1].stuck = 0.010  # even a loop stuck briefly comes first
+    assert policy.spread(candidates, 4) == [0, 4]
+    candidates[1].stuck = 0.040  # both held: wait for one to turn
+    assert policy.waits(policy.ranks(candidates, 0.0))
+
+
 @pytest.mark.parametrize("name", ["round-robin", "least-conn"])
 def test_other_policies_never_wait(name):
     policy = make_policy(name)
@@ -297,8 +312,13 @@ def test_least_busy_keeps_away_from_a_connection_that_blocks():
     # and again; worker 1 has a dozen idle connections.
     candidates = [Worker(id=0, load=1, blockers=1), Worker(id=1, load=12)]
     assert [policy.pick(candidates).id for _ in range(4)] == [1] * 4
-    # ...but prefers it to a loop that is stuck now.
+    # ...and to a loop stuck for less than HELD_STUCK with nothing marked, which most
+    # likely waits for a CPU, while the blocking connection will hold worker 0 for a
+    # whole block.
     candidates[1].stuck, candidates[1].inflight = 0.020, 1
+    assert policy.pick(candidates).id == 1
+    # A loop held for longer is worse.
+    candidates[1].stuck = 0.030
     assert policy.pick(candidates).id == 0
     # When every worker holds one, the connection count decides.
     candidates = [Worker(id=0, load=3, blockers=1), Worker(id=1, load=2, blockers=2)]

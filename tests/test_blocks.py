@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pmx.worker.blocks import BLOCK, BlockWatch, Stepped
+from pmx.worker.blocks import BLOCK, MAX_PATHS, BlockWatch, Stepped
 from pmx.worker.hooks import RequestHooks
 
 
@@ -35,18 +35,20 @@ def connection_of(send: Send) -> Connection | None:
 
 
 def watch() -> tuple[BlockWatch, list[int]]:
-    counts: list[int] = []
-    blocks = BlockWatch(connection_of, lambda: counts.append(blocks.count))
+    """A BlockWatch and what it told of each change: (marked connections, holding)."""
+    counts: list[tuple[int, int]] = []
+    blocks = BlockWatch(connection_of, lambda: counts.append((blocks.count, blocks.holding)))
     return blocks, counts
 
 
-def request(blocks: BlockWatch, work, send: Send) -> None:
-    """One HTTP request whose app runs ``work()``, through the worker's hooks."""
+def request(blocks: BlockWatch, work, send: Send, path: str = "/") -> None:
+    """One HTTP request for ``path`` whose app runs ``work()``, through the worker's
+    hooks."""
 
     async def app(scope, receive, send) -> None:
         await work()
 
-    asyncio.run(RequestHooks(blocks).wrap(app)({"type": "http"}, None, send))
+    asyncio.run(RequestHooks(blocks).wrap(app)({"type": "http", "path": path}, None, send))
 
 
 async def blocking(seconds: float) -> str:
@@ -104,7 +106,9 @@ def test_a_connection_is_marked_on_its_second_blocking_request_until_one_does_no
     assert blocks.count == 1
     request(blocks, lambda: awaiting(BLOCK * 4), kept_alive)  # slow, but the loop was free
     assert blocks.count == 0 and blocks.suspects == {kept_alive.connection}
-    assert counts == [1, 0]  # told of each change, once
+    # told of each change once; the path blocked too, so the third and fourth requests
+    # were holding while they ran
+    assert counts == [(1, 0), (1, 1), (1, 0), (1, 1), (1, 0), (0, 0)]
 
 
 def test_a_long_poll_is_never_marked():
@@ -130,9 +134,9 @@ def test_a_connection_that_closes_takes_its_mark_with_it():
         request(blocks, lambda: blocking(BLOCK * 2), Send(connection))
     assert blocks.count == 1
     blocks.forget(Connection())  # some other connection closes: nothing changes
-    assert counts == [1]
+    assert counts == [(1, 0)]
     blocks.forget(connection)
-    assert blocks.count == 0 and not blocks.suspects and counts == [1, 0]
+    assert blocks.count == 0 and not blocks.suspects and counts == [(1, 0), (0, 0)]
 
 
 def test_a_connection_closing_as_its_request_ends_is_not_marked():
@@ -162,3 +166,41 @@ def test_a_request_that_raises_is_still_judged():
         with pytest.raises(RuntimeError):
             request(blocks, blocks_then_raises, send)
     assert blocks.count == 1
+
+
+def test_a_path_that_blocked_holds_from_its_first_step_on_any_connection():
+    blocks, counts = watch()
+    seen: list[int] = []
+
+    async def slow() -> None:
+        seen.append(blocks.holding)  # what the master could read before the block
+        time.sleep(BLOCK * 2)
+
+    for _ in range(2):  # each on a fresh connection: no connection is ever marked
+        request(blocks, slow, Send(Connection()), "/slow")
+    assert blocks.paths == {"/slow": True} and seen == [0, 0] and counts == []
+    request(blocks, slow, Send(Connection()), "/slow")
+    assert seen == [0, 0, 1]  # published before the app ran
+    assert counts == [(0, 1), (0, 0)] and blocks.holding == 0
+    assert blocks.count == 0  # that connection is not kept alive: nothing to mark
+
+
+def test_other_paths_are_not_held_and_a_path_that_stops_blocking_is_forgotten():
+    blocks, counts = watch()
+    for _ in range(2):
+        request(blocks, lambda: blocking(BLOCK * 2), Send(Connection()), "/slow")
+    request(blocks, lambda: awaiting(0), Send(Connection()), "/fast")
+    assert counts == [] and "/fast" not in blocks.paths
+    request(blocks, lambda: awaiting(0), Send(Connection()), "/slow")  # held, did not block
+    assert blocks.paths == {} and counts == [(0, 1), (0, 0)]
+    request(blocks, lambda: awaiting(BLOCK * 4), Send(Connection()), "/poll")
+    request(blocks, lambda: awaiting(BLOCK * 4), Send(Connection()), "/poll")
+    assert blocks.paths == {"/poll": False}  # slow but awaiting: suspect, never holding
+
+
+def test_the_paths_remembered_are_bounded():
+    blocks, _ = watch()
+    for number in range(MAX_PATHS + 10):
+        blocks.took(Send(Connection()), f"/item/{number}", BLOCK * 2)
+    assert len(blocks.paths) == MAX_PATHS
+    assert "/item/0" not in blocks.paths and f"/item/{MAX_PATHS + 9}" in blocks.paths

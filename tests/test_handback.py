@@ -15,8 +15,9 @@ import uvloop
 
 from pmx import channel
 from pmx.config import AppConfig
-from pmx.master.rebalance import Rebalancer, releases
-from pmx.worker.bridge import UvicornBridge
+from pmx.master.rebalance import Rebalancer, gathering, releases
+from pmx.worker.blocks import BlockWatch
+from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.handback import HandBack
 from pmx.worker.hooks import RequestHooks
 from tests.apps.plain import app as plain_app
@@ -223,6 +224,48 @@ def test_a_release_hands_back_what_is_idle_and_then_what_turns_idle(loop):
     run(loop, scenario)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_release_keeps_a_connection_that_blocks_and_a_gather_hands_back_only_it(loop):
+    async def scenario() -> None:
+        bridge = await started()
+        ours, master = channel.socketpair()
+        ours.setblocking(False)
+        master.setblocking(False)
+        blocks = BlockWatch(connection_of)
+        hooks = RequestHooks(blocks)
+        bridge.uv_config.loaded_app = hooks.wrap(bridge.uv_config.loaded_app)
+        handback = HandBack(ours, bridge, hooks, blocks)
+        with listener() as lsock:
+            blocking, fast = Client(lsock, bridge), Client(lsock, bridge)
+            await bridge.wait_adopted()
+            for _ in range(2):  # marked on its second block
+                blocking.sock.sendall(b"GET /block?ms=10 HTTP/1.1\r\nHost: x\r\n\r\n")
+                await blocking.response()
+            fast.sock.sendall(GET)
+            await fast.response()
+            await turns()
+            assert blocks.count == 1
+            handback.release(2)  # asks for two, gets the one that does not block
+            [(message, fds)] = list(channel.pending(master))
+            assert (message[:1], len(fds)) == (channel.HAND_BACK, 1)
+            with socket.socket(fileno=fds[0]) as moved:
+                assert moved.getpeername() == fast.sock.getsockname()
+            handback.gather(5)
+            [(message, fds)] = list(channel.pending(master))
+            assert (message[:1], len(fds)) == (channel.GATHERED, 1)
+            with socket.socket(fileno=fds[0]) as moved:
+                assert moved.getpeername() == blocking.sock.getsockname()
+            await turns()
+            assert handback.moved == 2 and bridge.counters()[1] == 0
+            blocking.sock.close()
+            fast.sock.close()
+        ours.close()
+        master.close()
+        await bridge.shutdown()
+
+    run(loop, scenario)
+
+
 @pytest.mark.parametrize(("loads", "asked"), [
     ([32, 32, 0, 0], [16, 16, 0, 0]),
     ([22, 22, 20, 0], [6, 6, 4, 0]),
@@ -234,6 +277,23 @@ def test_a_release_hands_back_what_is_idle_and_then_what_turns_idle(loop):
 ])
 def test_releases_ask_the_busiest_for_what_they_hold_beyond_an_even_share(loads, asked):
     assert releases(loads) == asked
+
+
+@pytest.mark.parametrize(("blockers", "asks", "room"), [
+    ([1, 1], [0, 1], [1, 0]),  # two workers: one keeps both, the other is free
+    ([0, 1, 1, 1], [0, 0, 0, 1], [0, 1, 0, 0]),  # at most half the workers: two
+    ([0, 3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]),  # already on the fewest
+    ([2, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]),  # on half, as even as they get
+    ([4, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]),  # one is fewer than half: stays
+    ([1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]),
+    ([0, 0, 0], [0, 0, 0], [0, 0, 0]),
+    ([3], [0], [0]),
+    ([], [], []),
+])
+def test_connections_that_block_gather_on_the_fewest_workers_at_most_half(blockers, asks,
+                                                                          room):
+    assert gathering(blockers) == (asks, room)
+    assert sum(asks) == sum(room)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -257,7 +317,7 @@ def test_a_full_channel_keeps_the_fds_until_the_master_reads(loop):
             await client.response()
             await turns()
             handback.drain()
-            assert handback.queue, "queued while the channel is full"
+            assert handback.queues[channel.HAND_BACK], "queued while the channel is full"
             waiting = asyncio.ensure_future(handback.flushed())
             await turns()
             assert not waiting.done(), "the drain would wait"
@@ -270,7 +330,7 @@ def test_a_full_channel_keeps_the_fds_until_the_master_reads(loop):
                 await asyncio.sleep(0.005)
             for _message, fds in channel.pending(master, channel.MAX_MESSAGE):
                 received += fds
-            assert len(received) == 1 and not handback.queue
+            assert len(received) == 1 and not handback.queues[channel.HAND_BACK]
             with socket.socket(fileno=received[0]) as moved:
                 assert moved.getpeername() == client.sock.getsockname()  # the same connection
             client.sock.close()

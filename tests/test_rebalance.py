@@ -225,3 +225,47 @@ def test_recycling_under_a_kept_alive_pool_hands_connections_on(pmx_run):
     assert not driver.failures, driver.failures
     assert pool.nothing_more()
     pool.close()
+
+
+BLOCK_GET = b"GET /block?ms=15 HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _block_rounds(pool: Pool, rounds: int) -> list[list[int]]:
+    """``rounds`` rounds of blocking requests on every connection of ``pool``."""
+    seen = []
+    for _ in range(rounds):
+        for i in range(len(pool.socks)):
+            pool.ask(i, BLOCK_GET)
+        seen.append([pool.answer(i) for i in range(len(pool.socks))])
+    return seen
+
+
+def test_two_connections_that_block_gather_on_one_worker_and_leave_the_other_free(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log")
+    run.wait_serving(2)
+    pool = Pool(run.port, 2)
+    assert len(set(pool.round())) == 2, "opened together, one on each worker"
+
+    def gathered() -> int | None:
+        pids = _block_rounds(pool, 3)[-1]
+        return pids[0] if len(set(pids)) == 1 else None
+
+    blocking = wait_for(gathered, 20, "both blocking connections on one worker")
+    # They stay together, and new connections go to the other worker, whose loop is free.
+    assert set(_block_rounds(pool, 5)[-1]) == {blocking}
+    for _ in range(5):
+        assert int(get(run.port, "/pid")[1]) != blocking
+    assert pool.nothing_more()
+    pool.close()
+
+
+def test_with_gathering_off_connections_that_block_stay_where_they_are(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log", "--rebalance", "drain")
+    run.wait_serving(2)
+    pool = Pool(run.port, 2)
+    first = pool.round()
+    assert len(set(first)) == 2
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert _block_rounds(pool, 1)[-1] == first
+    pool.close()

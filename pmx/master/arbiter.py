@@ -170,6 +170,7 @@ class Master:
                 self.admin_address = await admin.start(where.host, where.port)
             for worker_id in range(1, self.config.workers + 1):
                 self.fill(worker_id)
+            self.rebalance.start()
             tasks.append(loop.create_task(self.supervisor.run()))
             if self.config.watch:
                 tasks.append(loop.create_task(watch(self, self.reloader)))
@@ -275,6 +276,9 @@ class Master:
             kind = message[:1]
             if kind == channel.HAND_BACK:
                 self.rebalance.handed_back(worker, fds)
+                continue
+            if kind == channel.GATHERED:
+                self.rebalance.gathered(worker, fds)
                 continue
             for fd in fds:
                 os.close(fd)

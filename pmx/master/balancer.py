@@ -24,31 +24,39 @@ waits behind it. The master pushes, so it must know which loops are turning *now
 it must not use the past except where the past predicts the future. least-busy ranks
 each worker by, in order:
 
-1. **Is its loop stuck now?** A worker with requests in flight stamps its load slot at
-   least every millisecond (its heartbeat) while its loop turns, and an idle one every
-   100 ms. A worker whose stamp is older than ``STUCK`` with requests in flight (or,
-   idle, older than 250 ms, or with an fd unread for 25 ms: ``Worker.snapshot``) is
-   stuck: in a synchronous call, a CPU-bound view, frozen, or off the CPU. A stuck
-   worker gets a connection only when no other can take it, a loop stuck for a few
-   milliseconds (most likely waiting for a CPU) before one *held* for over 25 ms
-   (``HELD_STUCK``: by the app) or a full one. When every worker is held or full,
-   least-busy *waits*: which loop frees first cannot be known (a loop held for 40 ms
-   in a 50 ms call frees before one held for 30 ms in a longer one; for heavy-tailed
-   durations it is the other way round), so the connections stay in the kernel's
-   backlog until one loop turns, and go to it. (Waiting while every loop is merely
-   stuck would hold connections back from a machine that is only busy: measured, it
-   cost 15 % more CPU per new connection and a tenth of the throughput.)
-   That is the kernel's own pull, at a millisecond's resolution.
-2. **Does it hold a connection that blocks?** The worker marks an open connection whose
-   last request held its loop for over ``STUCK`` in one go (``pmx.worker.blocks``); the
-   mark goes when the connection closes or its next request does not block. A kept-alive
-   client whose requests block will block again, and a connection handed to its worker
-   in the gap between two blocks waits out the next one. A connection that blocked and
-   closed leaves no mark: a worker is not avoided for what is over.
-3. **Load**: connections handed over and not yet closed. A kept-alive connection sends
+1. **Its class**, from what its load slot says now (``busy_rank``), best first:
+
+   - *turning*: its loop makes progress. A worker with requests in flight stamps its
+     load slot at least every millisecond (its heartbeat) while its loop turns, and an
+     idle one every 100 ms.
+   - *stuck briefly*: its stamp is older than ``STUCK`` with requests in flight (or,
+     idle, older than 250 ms, or it has an fd unread for 25 ms: ``Worker.snapshot``),
+     for less than ``HELD_STUCK``, and nothing it runs is known to block. On a busy
+     machine that is most often a loop waiting for a CPU, which the scheduler gives it
+     within its period.
+   - *holds a connection that blocks*: the worker marks an open connection whose last
+     request held its loop for over ``STUCK`` in one go (``pmx.worker.blocks``); the
+     mark goes when the connection closes or its next request does not block. A
+     kept-alive client whose requests block will block again, and a connection handed
+     to its worker in the gap between two blocks waits out the whole next one: worse
+     than a loop waiting for a CPU. A connection that blocked and closed leaves no
+     mark: a worker is not avoided for what is over.
+   - *held*: stuck for over ``HELD_STUCK`` (by the app, not by a busy machine), or
+     running a request for a path whose last request blocked (*holding*, published
+     before the app runs, so the master knows the loop is about to block before it has
+     missed a heartbeat), or full.
+
+   When every worker is held, least-busy *waits*: which loop frees first cannot be
+   known (a loop held for 40 ms in a 50 ms call frees before one held for 30 ms in a
+   longer one; for heavy-tailed durations it is the other way round), so the
+   connections stay in the kernel's backlog until one loop turns, and go to it. That is
+   the kernel's own pull, at a millisecond's resolution. (Waiting while every loop is
+   merely stuck would hold connections back from a machine that is only busy:
+   measured, it cost 15 % more CPU per new connection and a tenth of the throughput.)
+2. **Load**: connections handed over and not yet closed. A kept-alive connection sends
    more requests, so an even count is even work to come, and it is what keeps
    connections opened together spread exactly evenly.
-4. **Requests in flight**, then round robin.
+3. **Requests in flight**, then round robin.
 
 Nothing in the rank decays or is tuned to a workload: each part is a fact about the
 worker at the moment of the pick, and each rule says why it predicts a wait.
@@ -80,6 +88,7 @@ class Snapshot(NamedTuple):
     stuck: float  # seconds its loop has made no progress while it had work (0: turning)
     blockers: int  # open connections whose last request blocked its loop
     full: bool = False  # at its fd budget: takes no connection (pmx.worker.capacity)
+    holding: int = 0  # requests in flight expected to block its loop (pmx.worker.blocks)
 
 
 class Candidate(Protocol):
@@ -223,17 +232,19 @@ class LeastConnections(_Least):
 
 
 # least-busy's rank: (class, load, requests in flight). Classes:
-TURNING, BLOCKER, STUCK_NOW, HELD = 0, 1, 2, 3
+TURNING, STUCK_NOW, BLOCKER, HELD = 0, 1, 2, 3
 
 
 def busy_rank(s: Snapshot) -> tuple[int, int, int]:
     """least-busy's rank of one worker (the module docstring says why)."""
-    if s.full or s.stuck > HELD_STUCK:
+    if s.full or s.holding or s.stuck > HELD_STUCK:
         kind = HELD
+    elif s.blockers:
+        kind = BLOCKER
     elif s.stuck > STUCK:
         kind = STUCK_NOW
     else:
-        kind = BLOCKER if s.blockers else TURNING
+        kind = TURNING
     return (kind, s.load, s.inflight)
 
 

@@ -168,6 +168,14 @@ class Dispatcher:
         now = time.monotonic()
         return self._share(candidates, self.policy.ranks(candidates, now), fds, now)
 
+    def send_to(self, worker: Worker, fds: list[int]) -> int:
+        """Hand ``fds`` to ``worker`` (another if its channel is full); returns how many
+        were sent (the rest are closed)."""
+        try:
+            return self._hand_off(worker, fds, time.monotonic())
+        finally:
+            _close_all(fds)
+
     def _hand_off(self, worker: Worker, fds: list[int], now: float) -> int:
         try:
             channel.send_fds(worker.chan, fds)

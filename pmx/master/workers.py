@@ -113,7 +113,7 @@ class Worker:
         burst is stopped at the budget even before the worker reads anything."""
         if self.slot is None:
             return False
-        received, connections, _i, _r, _b, budget, _a = self.slot.raw()
+        received, connections, _i, _r, _b, _h, budget, _a = self.slot.raw()
         return 0 < budget <= self.sent - received + connections
 
     @property
@@ -140,7 +140,8 @@ class Worker:
         the time since it was sent."""
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0)
-        received, connections, inflight, _requests, blockers, budget, active_at = self.slot.raw()
+        (received, connections, inflight, _requests, blockers, holding, budget,
+         active_at) = self.slot.raw()
         stuck = now - active_at
         if not inflight and stuck < IDLE_STUCK:
             stuck = 0.0
@@ -150,7 +151,7 @@ class Worker:
         if handoffs and now - handoffs[0][1] > UNREAD_STUCK and now - handoffs[0][1] > stuck:
             stuck = now - handoffs[0][1]
         load = self.sent - received + connections
-        return Snapshot(load, inflight, stuck, blockers, 0 < budget <= load)
+        return Snapshot(load, inflight, stuck, blockers, 0 < budget <= load, holding)
 
     def signal(self, sig: int) -> None:
         try:

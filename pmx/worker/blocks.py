@@ -1,16 +1,27 @@
-"""Which open connections send requests that block the event loop.
+"""Which connections and which paths send requests that block the event loop.
 
 A request blocks the loop when one step of its coroutine (the code between two awaits
 that suspend) runs for longer than ``BLOCK`` seconds: a synchronous call in async code,
-a CPU-bound view. The worker marks the connection it came on; the mark goes when the
-connection closes or when a later request on it completes without blocking. The count
-of marked connections is published in the load slot, and least-busy (pmx.master.balancer)
-keeps new connections away from a worker that holds one: a kept-alive client whose
-requests block is likely to block again, and a connection handed to its worker between
-two blocks waits out the next.
+a CPU-bound view. The worker marks two things, each for the same reason (what blocked
+will block again), each until a later request of its own completes without blocking:
 
-The mark belongs to the connection, not to the worker: a blocking request on a
-connection that then closed says nothing about the worker's future.
+- **the connection** it came on (the mark also goes when the connection closes). The
+  count of marked connections is published in the load slot, and least-busy
+  (pmx.master.balancer) keeps new connections away from a worker that holds one: a
+  kept-alive client whose requests block is likely to block again, and a connection
+  handed to its worker between two blocks waits out the next. The master may also
+  gather marked connections on fewer workers (pmx.master.rebalance).
+- **the path** it asked for (``scope["path"]``): the code behind an endpoint that blocked
+  (a synchronous database call in an async view, a CPU-bound handler) blocks again, on
+  whatever connection its next request comes. A request for a marked path is *holding*
+  from its first step: the worker publishes that before the app runs, and least-busy
+  hands such a worker nothing while another can take it. Without this the master could
+  only see a block once the loop had missed three heartbeats, and connections handed
+  over in those first milliseconds would wait out the whole block. The worker keeps at
+  most MAX_PATHS paths (the oldest go first).
+
+The marks belong to the connection and the path, not to the worker: a blocking request
+on a connection that then closed says nothing about the worker's future.
 
 Cost. Timing every step of every request (``Stepped``) costs about a microsecond a
 request, a few percent of a fast one. So a request is first timed as a whole, two
@@ -18,7 +29,7 @@ clock reads: one that took less than ``BLOCK`` cannot have blocked for longer. A
 connection whose request took longer (it blocked, or it awaited something slow)
 becomes a *suspect*, and the requests of suspect and marked connections are timed
 step by step, which tells blocking from awaiting. A connection is thus marked on its
-second blocking request, and a long poll is never marked.
+second blocking request, and a long poll is never marked; the same goes for paths.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from typing import Any
 # Seconds of one step that count as blocking: the master's STUCK (pmx.master.balancer),
 # the time after which it sees the loop as stuck.
 BLOCK = 0.003
+# The most paths remembered as suspect or blocking.
+MAX_PATHS = 1024
 
 
 class Stepped:
@@ -74,11 +87,13 @@ class Stepped:
 
 class BlockWatch:
     """The open connections whose last request blocked the loop (``marked``) or took
-    longer than BLOCK (``suspects``).
+    longer than BLOCK (``suspects``); the paths likewise (``paths``: True for blocked,
+    False for suspect); ``holding``, the requests in flight for a blocking path.
 
     ``connection_of(send)`` names the connection a request's ``send`` belongs to, or None
     if it is closing or unknown (pmx.worker.bridge knows how); ``forget`` is called when
-    a connection closes; ``on_change`` when the count of marked connections changes.
+    a connection closes; ``on_change`` when the count of marked connections or
+    ``holding`` changes (the worker publishes its load slot at once).
     """
 
     def __init__(self, connection_of: Callable[[Any], Any],
@@ -88,6 +103,8 @@ class BlockWatch:
         self.block = block
         self.marked: set[object] = set()
         self.suspects: set[object] = set()
+        self.paths: dict[str, bool] = {}
+        self.holding = 0
 
     @property
     def count(self) -> int:
@@ -108,16 +125,34 @@ class BlockWatch:
             return connection
         return None
 
-    def took(self, send: Any, seconds: float) -> None:
+    def hold(self) -> None:
+        """A request for a blocking path starts (before the app runs)."""
+        self.holding += 1
+        self.on_change()
+
+    def unhold(self) -> None:
+        self.holding -= 1
+        self.on_change()
+
+    def took(self, send: Any, path: str, seconds: float) -> None:
         """A request not timed step by step took ``seconds``."""
         if seconds > self.block:
             connection = self.connection_of(send)
             if connection is not None:
                 self.suspects.add(connection)
+            self._judge(path, False)
 
-    def stepped(self, connection: Any, seconds: float, longest_step: float) -> None:
-        """A request of a watched connection took ``seconds``, its longest step
-        ``longest_step``."""
+    def stepped(self, connection: Any, path: str, seconds: float, longest_step: float) -> None:
+        """A request timed step by step took ``seconds``, its longest step
+        ``longest_step``; ``connection`` is None unless the connection was watched."""
+        if longest_step > self.block:
+            self._judge(path, True)
+        elif seconds > self.block:
+            self._judge(path, False)
+        else:
+            self.paths.pop(path, None)
+        if connection is None:
+            return
         self.suspects.discard(connection)
         was = connection in self.marked
         if connection.is_closing():  # forget() has been or will be called
@@ -130,3 +165,9 @@ class BlockWatch:
                 self.suspects.add(connection)
         if was != (connection in self.marked):
             self.on_change()
+
+    def _judge(self, path: str, blocked: bool) -> None:
+        paths = self.paths
+        if path not in paths and len(paths) >= MAX_PATHS:
+            del paths[next(iter(paths))]
+        paths[path] = blocked

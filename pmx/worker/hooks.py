@@ -48,18 +48,25 @@ class RequestHooks:
                     return
                 # Inline, not a coroutine of BlockWatch's: this is every request's path.
                 connection = blocks.watched(send)
+                path = scope.get("path", "")
+                blocked = blocks.paths.get(path)  # None: never slow; True: it blocked
                 started = perf_counter()
-                if connection is None:
+                if connection is None and blocked is None:
                     try:
                         await app(scope, receive, respond)
                     finally:
-                        blocks.took(send, perf_counter() - started)
+                        blocks.took(send, path, perf_counter() - started)
                     return
+                if blocked:
+                    blocks.hold()  # published before the app runs and blocks the loop
                 stepped = Stepped(app(scope, receive, respond))
                 try:
                     await stepped
                 finally:
-                    blocks.stepped(connection, perf_counter() - started, stepped.longest)
+                    if blocked:
+                        blocks.unhold()
+                    blocks.stepped(connection, path, perf_counter() - started,
+                                   stepped.longest)
             finally:
                 after = self.after_response
                 if after is not None:

@@ -117,6 +117,8 @@ class WorkerServer:
                 os.close(fd)
             if kind == channel.RELEASE:
                 self.handback.release(channel.decode_release(message))
+            elif kind == channel.GATHER:
+                self.handback.gather(channel.decode_release(message))
             elif kind == channel.PROBE:
                 self._answer_probe(channel.decode_probe(message))
             if kind == channel.STOP or not message:
@@ -171,7 +173,10 @@ class WorkerServer:
         blocks = self.blocks
         capacity = self.capacity
         capacity.full(counters[1])  # logs when it changes
-        self.slot.put(*counters, blocks.count if blocks is not None else 0, capacity.connections)
+        if blocks is None:
+            self.slot.put(*counters, 0, 0, capacity.connections)
+        else:
+            self.slot.put(*counters, blocks.count, blocks.holding, capacity.connections)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
@@ -289,11 +294,11 @@ def main() -> None:
         # the ticker publishes ten times a second, for status and metrics.
         bridge.on_change(server.changed)
         if blocks is not None:
-            blocks.on_change = server.changed
+            blocks.on_change = server.publish  # now: a holding request is about to block
     server.live = live
     server.metrics = metrics
     server.hooks = hooks
-    server.handback = HandBack(chan, bridge, hooks)
+    server.handback = HandBack(chan, bridge, hooks, blocks)
     server.blocks = blocks
     chan.setblocking(False)
     sys.exit(bridge.run(server.run()))
