@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import Hold, get, listen_queue, wait_for
+from tests.conftest import Hold, free_port, get, listen_queue, wait_for
 
 
 def open_on_worker(port: int) -> tuple[http.client.HTTPConnection, str]:
@@ -56,6 +56,32 @@ def test_least_busy_steers_around_a_blocked_worker(pmx_run, tmp_path):
         blocked = hold.release()
     assert blocked not in served
     assert len(set(served)) == 1
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("least-busy", [0, 0, 1]),
+                                                  ("least-conn", [0, 0, 0])])
+def test_a_request_for_a_path_that_blocked_holds_its_worker_from_its_start(
+        pmx_run, tmp_path, policy, expected):
+    """The worker learns that /hold blocks its loop (on its second block) and from then
+    on says so before the app runs: the master sees a request for that path as holding
+    the loop from its start, not 3 ms into the block. Each request comes on a new
+    connection, so no connection carries the knowledge."""
+    admin = free_port()
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--balance", policy,
+                  "--admin", f"127.0.0.1:{admin}")
+    run.wait_serving(1)
+
+    def worker() -> dict:
+        return json.loads(get(admin, "/workers")[1])["workers"][0]
+
+    seen = []
+    for number in range(3):
+        hold = Hold(run.port, tmp_path / f"hold{number}")
+        seen.append(worker()["holding"])
+        hold.release()
+    assert seen == expected
+    assert get(run.port, "/pid")[0] == 200
+    assert worker()["holding"] == 0 and worker()["blocking"] == 0
 
 
 def test_least_busy_holds_connections_back_while_every_loop_is_held(pmx_run, tmp_path):

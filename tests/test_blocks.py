@@ -150,7 +150,8 @@ def test_a_connection_closing_as_its_request_ends_is_not_marked():
 
     request(blocks, blocks_then_closes, closing)
     assert blocks.count == 0
-    request(blocks, lambda: blocking(BLOCK * 2), Send(Connection()))  # a fresh one
+    # a fresh one, on a path never seen: judged as a whole, no more than a suspect
+    request(blocks, lambda: blocking(BLOCK * 2), Send(Connection()), "/other")
     assert blocks.count == 0
 
 
@@ -168,6 +169,18 @@ def test_a_request_that_raises_is_still_judged():
     assert blocks.count == 1
 
 
+def once(blocks: BlockWatch, work, path: str) -> None:
+    """A request on a connection of its own, closed as the request ends
+    (``Connection: close``)."""
+    send = Send(Connection())
+
+    async def then_close() -> None:
+        await work()
+        send.connection.closing = True
+
+    request(blocks, then_close, send, path)
+
+
 def test_a_path_that_blocked_holds_from_its_first_step_on_any_connection():
     blocks, counts = watch()
     seen: list[int] = []
@@ -176,25 +189,33 @@ def test_a_path_that_blocked_holds_from_its_first_step_on_any_connection():
         seen.append(blocks.holding)  # what the master could read before the block
         time.sleep(BLOCK * 2)
 
-    for _ in range(2):  # each on a fresh connection: no connection is ever marked
-        request(blocks, slow, Send(Connection()), "/slow")
+    for _ in range(2):  # each on a connection of its own: none is ever marked
+        once(blocks, slow, "/slow")
     assert blocks.paths == {"/slow": True} and seen == [0, 0] and counts == []
-    request(blocks, slow, Send(Connection()), "/slow")
+    once(blocks, slow, "/slow")
     assert seen == [0, 0, 1]  # published before the app ran
-    assert counts == [(0, 1), (0, 0)] and blocks.holding == 0
-    assert blocks.count == 0  # that connection is not kept alive: nothing to mark
+    assert counts == [(0, 1), (0, 0)] and blocks.holding == 0 and blocks.count == 0
+
+
+def test_a_kept_alive_connection_on_a_blocking_path_is_marked_on_its_first_block():
+    blocks, counts = watch()
+    for _ in range(2):
+        once(blocks, lambda: blocking(BLOCK * 2), "/slow")
+    kept_alive = Send(Connection())  # e.g. just moved here from another worker
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive, "/slow")
+    assert blocks.marked == {kept_alive.connection}
 
 
 def test_other_paths_are_not_held_and_a_path_that_stops_blocking_is_forgotten():
     blocks, counts = watch()
     for _ in range(2):
-        request(blocks, lambda: blocking(BLOCK * 2), Send(Connection()), "/slow")
-    request(blocks, lambda: awaiting(0), Send(Connection()), "/fast")
+        once(blocks, lambda: blocking(BLOCK * 2), "/slow")
+    once(blocks, lambda: awaiting(0), "/fast")
     assert counts == [] and "/fast" not in blocks.paths
-    request(blocks, lambda: awaiting(0), Send(Connection()), "/slow")  # held, did not block
+    once(blocks, lambda: awaiting(0), "/slow")  # held, did not block
     assert blocks.paths == {} and counts == [(0, 1), (0, 0)]
-    request(blocks, lambda: awaiting(BLOCK * 4), Send(Connection()), "/poll")
-    request(blocks, lambda: awaiting(BLOCK * 4), Send(Connection()), "/poll")
+    once(blocks, lambda: awaiting(BLOCK * 4), "/poll")
+    once(blocks, lambda: awaiting(BLOCK * 4), "/poll")
     assert blocks.paths == {"/poll": False}  # slow but awaiting: suspect, never holding
 
 

@@ -241,7 +241,9 @@ def _block_rounds(pool: Pool, rounds: int) -> list[list[int]]:
 
 
 def test_two_connections_that_block_gather_on_one_worker_and_leave_the_other_free(pmx_run):
-    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log")
+    admin = free_port()
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log",
+                  "--admin", f"127.0.0.1:{admin}")
     run.wait_serving(2)
     pool = Pool(run.port, 2)
     assert len(set(pool.round())) == 2, "opened together, one on each worker"
@@ -255,6 +257,9 @@ def test_two_connections_that_block_gather_on_one_worker_and_leave_the_other_fre
     assert set(_block_rounds(pool, 5)[-1]) == {blocking}
     for _ in range(5):
         assert int(get(run.port, "/pid")[1]) != blocking
+    workers = json.loads(get(admin, "/workers")[1])["workers"]
+    assert sorted((w["pid"] == blocking, w["blocking"]) for w in workers) == [
+        (False, 0), (True, 2)]
     assert pool.nothing_more()
     pool.close()
 

@@ -16,6 +16,7 @@ from pmx.master.workers import Worker, WorkerState
 
 def worker_status(master: Observed, worker: Worker, now: float) -> dict[str, Any]:
     cpu, memory = master.sampler.sample(worker.pid)
+    report = worker.report
     return {
         "id": worker.id,
         "pid": worker.pid,
@@ -25,8 +26,10 @@ def worker_status(master: Observed, worker: Worker, now: float) -> dict[str, Any
         "cpu": cpu,
         "memory": memory,
         "connections": worker.load,
-        "requests": worker.report.requests,
+        "requests": report.requests,
         "moved": worker.moved,
+        "blocking": report.blockers,
+        "holding": report.holding,
         "health": worker.health.state.value if worker.state is WorkerState.READY else "unknown",
     }
 

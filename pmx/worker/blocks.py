@@ -27,9 +27,12 @@ Cost. Timing every step of every request (``Stepped``) costs about a microsecond
 request, a few percent of a fast one. So a request is first timed as a whole, two
 clock reads: one that took less than ``BLOCK`` cannot have blocked for longer. A
 connection whose request took longer (it blocked, or it awaited something slow)
-becomes a *suspect*, and the requests of suspect and marked connections are timed
-step by step, which tells blocking from awaiting. A connection is thus marked on its
-second blocking request, and a long poll is never marked; the same goes for paths.
+becomes a *suspect*, and so does its path; the requests of suspect and marked
+connections, and for suspect and marked paths, are timed step by step, which tells
+blocking from awaiting, and each such request judges both its connection and its path.
+A path is thus marked on its second blocking request, a connection on its second, or
+on its first for a path already marked (a connection gathered from another worker is
+marked again at once), and a long poll is never marked.
 """
 
 from __future__ import annotations
@@ -142,16 +145,18 @@ class BlockWatch:
                 self.suspects.add(connection)
             self._judge(path, False)
 
-    def stepped(self, connection: Any, path: str, seconds: float, longest_step: float) -> None:
-        """A request timed step by step took ``seconds``, its longest step
-        ``longest_step``; ``connection`` is None unless the connection was watched."""
+    def stepped(self, send: Any, path: str, seconds: float, longest_step: float) -> None:
+        """A request (its ``send``), timed step by step because its connection or its
+        path was watched, took ``seconds``, its longest step ``longest_step``. Its path
+        and its connection are judged on it."""
         if longest_step > self.block:
             self._judge(path, True)
         elif seconds > self.block:
             self._judge(path, False)
         else:
             self.paths.pop(path, None)
-        if connection is None:
+        connection = self.connection_of(send)
+        if connection is None:  # closing: forget() has been or will be called
             return
         self.suspects.discard(connection)
         was = connection in self.marked

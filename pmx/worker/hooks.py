@@ -65,8 +65,7 @@ class RequestHooks:
                 finally:
                     if blocked:
                         blocks.unhold()
-                    blocks.stepped(connection, path, perf_counter() - started,
-                                   stepped.longest)
+                    blocks.stepped(send, path, perf_counter() - started, stepped.longest)
             finally:
                 after = self.after_response
                 if after is not None:
