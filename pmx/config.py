@@ -124,8 +124,8 @@ class AppConfig:
             "joins the rotation (scale-up, a respawn) the busiest workers hand it their "
             "excess. `drain`: a draining worker (reload, recycling, scale-down) hands its "
             "connections on instead of closing them. `gather` (with `least-busy`): "
-            "connections whose requests block the event loop are gathered on as few "
-            "workers as possible, at most half, leaving the other loops free. `all`: all "
+            "connections whose requests block the event loop are gathered on at most half "
+            "the workers, leaving the other loops free. `all`: all "
             "three; `off`: each connection stays on its first worker. See "
             "[architecture.md](architecture.md#moving-kept-alive-connections-rebalancing).",
     )

@@ -26,15 +26,17 @@ balancing policy, as if it had just been accepted. Two uses:
   everything else, and they only wait for each other: a request that blocks for 50 ms
   and waits 50 ms more is slowed twofold, a 1 ms request that waits 50 ms fiftyfold.
   So every GATHER_ROUND seconds the master reads each worker's count of connections
-  that block and, where they are on more workers than they need, asks (``K`` N) for
-  them to be handed back (``G``) and sends them to the workers chosen to gather them
-  (``gathering``): as few as possible, never more than half the workers, so the
-  blocking connections keep at least half the loops between them and the rest of the
-  traffic keeps the other half. A release for a join (``L``) never moves a connection
-  that blocks: evened out by count, it would land on a worker that holds none. Nor
-  does gathering run while a join is evened out: a gathered connection is marked
-  again only by its second request on its new worker, and until then the evening-out
-  would take it for one that does not block and move it back.
+  that block and, where they are on more than half the workers (rounded down, at
+  least one), asks (``K`` N) for them to be handed back (``G``) and sends them to the
+  half that hold the most, in shares that differ by at most one (``gathering``).
+  Half, not fewer: on one loop each such connection waits out the others' blocks, so
+  the fewer loops they share the slower each gets; half leaves the rest of the
+  traffic at least half the loops, and nothing moves where they already do (two such
+  connections on two of four workers). A release for a join (``L``) never moves a
+  connection that blocks: evened out by count, it would land on a worker that holds
+  none. Nor does gathering run while a join is evened out: a gathered connection is
+  marked again only once its first request on its new worker has blocked, and until
+  then the evening-out would take it for one that does not block and move it back.
 
 The invariants each move keeps are the worker's (pmx.worker.handback): no byte is read
 by two workers, no response is lost, busy connections, half-read requests and
@@ -73,9 +75,9 @@ def releases(loads: Sequence[int]) -> list[int]:
 def gathering(blockers: Sequence[int]) -> tuple[list[int], list[int]]:
     """Where the connections that block should be, given how many each worker holds:
     ``(asks, room)``, how many each worker should hand back and how many it should
-    take. They go to as few workers as possible and at most half of them (at least
-    one): those already holding the most (the first on a tie), in shares that differ by
-    at most one. Nothing moves while they are already so placed."""
+    take. Where they are on more than half the workers (rounded down, at least one),
+    they go to the half holding the most (the first on a tie), in shares that differ
+    by at most one. Nothing moves while they are on no more than half."""
     size = len(blockers)
     holders = sum(1 for count in blockers if count)
     keep = min(holders, max(1, size // 2))
