@@ -225,3 +225,39 @@ def test_the_paths_remembered_are_bounded():
         blocks.took(Send(Connection()), f"/item/{number}", BLOCK * 2)
     assert len(blocks.paths) == MAX_PATHS
     assert "/item/0" not in blocks.paths and f"/item/{MAX_PATHS + 9}" in blocks.paths
+
+
+def test_a_request_for_a_blocking_path_lets_the_work_already_here_go_first():
+    blocks, _ = watch()
+    for _ in range(2):
+        once(blocks, lambda: blocking(BLOCK * 2), "/slow")
+    order: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        if scope["path"] == "/slow":
+            order.append("slow starts")
+            time.sleep(BLOCK * 2)
+        else:
+            await asyncio.sleep(0)  # a fast request that takes two loop iterations
+            order.append("fast done")
+
+    hooked = RequestHooks(blocks).wrap(app)
+
+    async def main() -> None:
+        slow = asyncio.ensure_future(hooked({"type": "http", "path": "/slow"}, None,
+                                            Send(Connection())))
+        fast = asyncio.ensure_future(hooked({"type": "http", "path": "/fast"}, None,
+                                            Send(Connection())))
+        await asyncio.gather(slow, fast)
+        # cancelled while it lets others go first: no longer counted as holding
+        held = asyncio.ensure_future(hooked({"type": "http", "path": "/slow"}, None,
+                                            Send(Connection())))
+        await asyncio.sleep(0)
+        assert blocks.holding == 1
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+
+    asyncio.run(main())
+    assert order == ["fast done", "slow starts"]  # the slow one was scheduled first
+    assert blocks.holding == 0

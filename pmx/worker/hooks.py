@@ -57,15 +57,18 @@ class RequestHooks:
                     finally:
                         blocks.took(send, path, perf_counter() - started)
                     return
-                if blocked:
-                    blocks.hold()  # published before the app runs and blocks the loop
-                stepped = Stepped(app(scope, receive, respond))
+                stepped = None
                 try:
+                    if blocked:  # published before the app runs and blocks the loop
+                        await blocks.hold()
+                        started = perf_counter()
+                    stepped = Stepped(app(scope, receive, respond))
                     await stepped
                 finally:
                     if blocked:
                         blocks.unhold()
-                    blocks.stepped(send, path, perf_counter() - started, stepped.longest)
+                    if stepped is not None:
+                        blocks.stepped(send, path, perf_counter() - started, stepped.longest)
             finally:
                 after = self.after_response
                 if after is not None:
