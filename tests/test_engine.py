@@ -6,6 +6,7 @@ import collections
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -101,8 +102,14 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(pmx_run):
             new_pid.add(int(body))
         return bool(new_pid)
 
-    wait_for(new_worker_serves, timeout=5, what="a replacement worker")
-    assert time.monotonic() - killed_at < 2.0
+    wait_for(new_worker_serves, timeout=20, what="a replacement worker")
+    replaced_in = time.monotonic() - killed_at
+    # Its boot (an interpreter importing FastAPI) takes what the machine's speed allows;
+    # what pmx adds to it (seeing the exit, the backoff, the first probe) must be short.
+    [new] = new_pid
+    booted = re.search(rf"\(pid {new}\) ready in ([\d.]+) s", run.log())
+    assert booted, run.log()
+    assert replaced_in - float(booted.group(1)) < 2.0
     assert victim not in set(pids_of(run.port, 40))
     assert "died (killed by SIGKILL)" in run.log()
 
