@@ -28,8 +28,10 @@ def open_on_worker(port: int) -> tuple[http.client.HTTPConnection, str]:
 def test_where_connections_go_after_some_close(pmx_run, policy):
     """Four held connections, one per worker; close the last two opened. Round robin
     carries on its cycle (the first two workers again); least-conn picks the two
-    workers that now have no connection."""
-    run = pmx_run("tests.apps.plain:app", "-i", "4", "--balance", policy)
+    workers that now have no connection. Without rebalancing: for 1.5 s after a worker
+    joins, the master evens out the counts by moving a connection, which takes a turn
+    of the policy, and a slow machine is still in that window when the counts differ."""
+    run = pmx_run("tests.apps.plain:app", "-i", "4", "--balance", policy, "--rebalance", "off")
     run.wait_serving(4)
     held = [open_on_worker(run.port) for _ in range(4)]
     order = [worker_id for _conn, worker_id in held]
@@ -192,19 +194,18 @@ def test_least_busy_avoids_a_worker_that_blocks_again_and_again(pmx_run):
         # The subject is what follows once the master has seen a few blocks.
         wait_for(lambda: blocks[0] >= 5, 10, "five blocks")
         held = [open_on_worker(run.port)[0] for _ in range(12)]
-        landed = []
+        # Two seconds of blocks, and at least 20 connections however slow the machine.
+        landed: list[str] = []
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            started = time.monotonic()
-            landed.append((get(run.port, "/pid")[1], time.monotonic() - started))
+        while time.monotonic() < deadline or len(landed) < 20:
+            landed.append(get(run.port, "/pid")[1])
     finally:
         stop.set()
         looper.join(10)
         for conn in [blocking, *held]:
             conn.close()
-    on_blocked = [elapsed for pid, elapsed in landed if pid == blocked_pid]
-    assert len(landed) > 20
-    assert len(on_blocked) <= 1, f"{len(on_blocked)} of {len(landed)} went to the blocking worker"
+    on_blocked = landed.count(blocked_pid)
+    assert on_blocked <= 1, f"{on_blocked} of {len(landed)} went to the blocking worker"
 
 
 def test_least_busy_does_not_take_a_long_poll_for_a_stall(pmx_run):

@@ -6,6 +6,7 @@ import collections
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -101,8 +102,14 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(pmx_run):
             new_pid.add(int(body))
         return bool(new_pid)
 
-    wait_for(new_worker_serves, timeout=5, what="a replacement worker")
-    assert time.monotonic() - killed_at < 2.0
+    wait_for(new_worker_serves, timeout=20, what="a replacement worker")
+    replaced_in = time.monotonic() - killed_at
+    # Its boot (an interpreter importing FastAPI) takes what the machine's speed allows;
+    # what pmx adds to it (seeing the exit, the backoff, the first probe) must be short.
+    [new] = new_pid
+    booted = re.search(rf"\(pid {new}\) ready in ([\d.]+) s", run.log())
+    assert booted, run.log()
+    assert replaced_in - float(booted.group(1)) < 2.0
     assert victim not in set(pids_of(run.port, 40))
     assert "died (killed by SIGKILL)" in run.log()
 
@@ -144,22 +151,23 @@ def test_killed_master_takes_its_workers_down(pmx_run):
 
 def test_import_error_exits_fast_with_the_message(pmx_run):
     run = pmx_run("tests.apps.broken_import:app", "-i", "4")
-    started = time.monotonic()
-    code = run.wait_exit(5)
+    # Fast means at the first boot error, without a respawn: how long four interpreters
+    # take to import the app is the machine's speed.
+    code = run.wait_exit(20)
     assert code != 0
-    assert time.monotonic() - started < 5
     log = run.log()
     assert (
         'Error: app "tests.apps.broken_import:app" failed to start: '
         "RuntimeError: boom: cannot import this app" in log
     )
+    assert "restarting in" not in log
     assert 'broken_import.py", line 3' in log
     wait_for(lambda: not group_alive(run.pid), 5, "no process left")
 
 
 def test_lifespan_failure_exits_with_the_apps_message(pmx_run):
     run = pmx_run("tests.apps.broken_lifespan:app", "-i", "2")
-    assert run.wait_exit(5) != 0
+    assert run.wait_exit(20) != 0
     assert 'failed to start: database unreachable' in run.log()
     wait_for(lambda: not group_alive(run.pid), 5, "no process left")
 
@@ -173,7 +181,7 @@ def test_sigterm_to_one_worker_drains_and_replaces_it(pmx_run):
     os.kill(victim, signal.SIGTERM)
     victim_proc.wait(5)
 
-    wait_for(lambda: run.log().count(" ready in ") >= 3, 5, "a replacement worker")
+    wait_for(lambda: run.log().count(" ready in ") >= 3, 20, "a replacement worker")
     served = set(pids_of(run.port, 20))
     assert victim not in served and len(served) == 2
     assert "asked to stop; replacing it" in run.log()
@@ -191,7 +199,7 @@ def test_repeated_boot_failures_mark_the_app_errored(pmx_run, tmp_path, workers)
     marker.touch()  # from now on the app cannot be imported
     for pid in run.worker_pids():
         os.kill(pid, signal.SIGKILL)
-    assert run.wait_exit(15) == 1
+    assert run.wait_exit(30) == 1  # five boots, each after its backoff
     log = run.log()
     assert log.count("refusing to start") >= 5
     assert (

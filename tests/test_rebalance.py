@@ -178,8 +178,13 @@ def test_reload_under_a_kept_alive_pool_closes_no_connection_and_fails_no_reques
     pool.close()
 
 
+# The pool waits idle while a worker boots: on a slow machine longer than the default
+# keep-alive timeout (5 s), which would close its connections before anything moves.
+IDLE = ("--timeout-keep-alive", "60")
+
+
 def test_a_connection_with_half_a_request_stays_while_idle_ones_move(pmx_run):
-    run = pmx_run("tests.apps.plain:app", "-i", "1", "--no-access-log")
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--no-access-log", *IDLE)
     run.wait_serving(1)
     pool = Pool(run.port, 4)
     [old] = set(pool.round())
@@ -199,7 +204,8 @@ def test_a_connection_with_half_a_request_stays_while_idle_ones_move(pmx_run):
 
 
 def test_no_rebalance_leaves_kept_alive_connections_where_they_are(pmx_run):
-    run = pmx_run("tests.apps.plain:app", "-i", "1", "--no-access-log", "--rebalance", "off")
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--no-access-log", "--rebalance", "off",
+                  *IDLE)
     run.wait_serving(1)
     pool = Pool(run.port, 4)
     [old] = set(pool.round())

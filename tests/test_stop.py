@@ -190,17 +190,27 @@ def test_workers_at_their_fd_limit_take_no_more_and_lose_none(pmx_run, policy):
     reserve), then says it is full; the rest wait in the backlog, none is reset, and
     they are served as soon as connections close."""
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", policy,
-                  "--health-interval", "0.2", nofile=200)  # probes must not re-admit it
+                  "--health-interval", "0.2",  # probes must not re-admit it
+                  "--timeout-keep-alive", "120",  # nor closing the first ones, if slow
+                  nofile=200)
     run.wait_serving(2)
     answered: list[socket.socket] = []
     waiting: list[socket.socket] = []
+
+    def both_full() -> bool:
+        return run.log().count("taking no new connection") == 2
+
     try:
         for _ in range(300):
             sock = socket.create_connection(("127.0.0.1", run.port), timeout=20)
             sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
             poller = select.poll()
             poller.register(sock, select.POLLIN)
-            (answered if poller.poll(20 if waiting else 500) else waiting).append(sock)
+            # Not answered yet counts as waiting only once both workers are full: a
+            # slow machine may take its time to answer before that.
+            wait_for(lambda p=poller: p.poll(0) or both_full() or p.poll(100), 20,
+                     "an answer, or both workers full")
+            (answered if poller.poll(20) else waiting).append(sock)
         assert run.log().count("taking no new connection") == 2  # each worker, once
         assert 150 < len(answered) < 300 and waiting
         for sock in answered:
