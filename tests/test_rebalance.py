@@ -119,12 +119,18 @@ def spread(pids: list[int]) -> float:
     return max(counts) / min(counts)
 
 
-def test_scale_up_spreads_a_kept_alive_pool_within_a_second_then_scale_down_closes_none(
-        pmx_run):
+def two_workers_with_admin(pmx_run):
+    """A serving app of 2 workers, and the port of its admin endpoint."""
     admin = free_port()
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log",
                   "--admin", f"127.0.0.1:{admin}")
     run.wait_serving(2)
+    return run, admin
+
+
+def test_scale_up_spreads_a_kept_alive_pool_within_a_second_then_scale_down_closes_none(
+        pmx_run):
+    run, admin = two_workers_with_admin(pmx_run)
     pool = Pool(run.port, 64)
     first = set(pool.round())
     assert len(first) == 2
@@ -156,10 +162,7 @@ def test_scale_up_spreads_a_kept_alive_pool_within_a_second_then_scale_down_clos
 
 
 def test_reload_under_a_kept_alive_pool_closes_no_connection_and_fails_no_request(pmx_run):
-    admin = free_port()
-    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log",
-                  "--admin", f"127.0.0.1:{admin}")
-    run.wait_serving(2)
+    run, admin = two_workers_with_admin(pmx_run)
     pool = Pool(run.port, 32)
     old = set(pool.round())
     with Driver(pool) as driver:
@@ -262,10 +265,7 @@ def one_on_each_worker(port: int) -> tuple[Pool, list[int]]:
 
 
 def test_two_connections_that_block_gather_on_one_worker_and_leave_the_other_free(pmx_run):
-    admin = free_port()
-    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log",
-                  "--admin", f"127.0.0.1:{admin}")
-    run.wait_serving(2)
+    run, admin = two_workers_with_admin(pmx_run)
     pool, _pids = one_on_each_worker(run.port)
 
     def gathered() -> int | None:
