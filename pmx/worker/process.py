@@ -104,13 +104,17 @@ class WorkerServer:
                 return
             kind = message[:1]
             if kind == channel.FDS:
+                bridge = self.bridge
+                dropped = bridge.dropped
                 for fd in fds:
-                    self.bridge.adopt(fd)
+                    bridge.adopt(fd)
                 lost = channel.fds_sent(message) - len(fds)
                 if lost > 0:  # at the fd limit: the kernel dropped them
-                    self.bridge.dropped += lost
+                    bridge.dropped += lost
                     self.capacity.lost(lost)
-                if self.live:
+                # Each adopted connection is published when it opens (connection_made,
+                # the next loop iteration); one dropped now, here.
+                if self.live and bridge.dropped != dropped:
                     self.publish()
                 continue
             for fd in fds:
