@@ -67,6 +67,7 @@ To add a policy, write one class with a ``name``, ``ranks`` and ``share`` (and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -89,6 +90,11 @@ class Snapshot(NamedTuple):
     blockers: int  # open connections whose last request blocked its loop
     full: bool = False  # at its fd budget: takes no connection (pmx.worker.capacity)
     holding: int = 0  # requests in flight expected to block its loop (pmx.worker.blocks)
+
+
+# A Snapshot from a full 6-tuple without NamedTuple's Python-level __new__ (which fills
+# in defaults): 0.1 µs instead of 0.6, per worker at every pick.
+snapshot_of = functools.partial(tuple.__new__, Snapshot)
 
 
 class Candidate(Protocol):
@@ -257,6 +263,9 @@ class LeastBusy(_Least):
 
     def rank(self, candidate: Any, now: float) -> tuple[int, int, int]:
         return busy_rank(candidate.snapshot(now))
+
+    def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
+        return [busy_rank(candidate.snapshot(now)) for candidate in candidates]
 
     def waits(self, ranks: list[Any]) -> bool:
         return all(rank[0] == HELD for rank in ranks)

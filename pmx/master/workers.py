@@ -19,7 +19,7 @@ from pmx import channel
 from pmx.config import AppConfig
 from pmx.errors import BootError
 from pmx.loadslot import Load, LoadSlot
-from pmx.master.balancer import Snapshot
+from pmx.master.balancer import Snapshot, snapshot_of
 from pmx.master.health import HealthCheck
 
 log = logging.getLogger("pmx.master")
@@ -151,7 +151,7 @@ class Worker:
         if handoffs and now - handoffs[0][1] > UNREAD_STUCK and now - handoffs[0][1] > stuck:
             stuck = now - handoffs[0][1]
         load = self.sent - received + connections
-        return Snapshot(load, inflight, stuck, blockers, 0 < budget <= load, holding)
+        return snapshot_of((load, inflight, stuck, blockers, 0 < budget <= load, holding))
 
     def signal(self, sig: int) -> None:
         try:
