@@ -158,6 +158,61 @@ def test_least_busy_passes_over_a_frozen_idle_worker(pmx_run):
     assert len(pids) >= 20
 
 
+def test_least_busy_takes_back_connections_a_frozen_worker_left_unread(pmx_run):
+    """A burst of new connections reaches two idle workers, one frozen by SIGSTOP the
+    moment before: nothing tells the master yet (an idle loop stamps its slot only every
+    0.1 s), so some connections go to the frozen one and wait unread in its inbox. Once
+    they have waited there UNREAD_STUCK, the master takes them back and the other worker
+    serves them, while the frozen one stays frozen."""
+    admin = free_port()
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy",
+                  "--admin", f"127.0.0.1:{admin}")
+    run.wait_serving(2)
+    frozen = sorted(run.worker_pids())[0]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        socks = []
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", run.port), timeout=20)
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            socks.append(sock)
+        pids = [read_pid(sock) for sock in socks]  # answered, or a timeout: it fails
+        workers = json.loads(get(admin, "/workers")[1])["workers"]
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert frozen not in pids
+    reclaimed = {w["pid"]: w["reclaimed"] for w in workers}
+    assert reclaimed[frozen] >= 1, reclaimed
+
+
+def test_connections_a_killed_worker_never_read_go_to_another(pmx_run):
+    """Round robin hands every other new connection to a worker frozen by SIGSTOP; it
+    is killed before it has read them. They were in its inbox, which the master holds
+    too: the other worker serves them (none is reset)."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "round-robin")
+    run.wait_serving(2)
+    frozen = sorted(run.worker_pids())[0]
+    os.kill(frozen, signal.SIGSTOP)
+    socks = []
+    try:
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", run.port), timeout=20)
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            socks.append(sock)
+
+        def handed_over() -> bool:  # all accepted, and the free worker's three answered
+            readable, _, _ = select.select(socks, [], [], 0)
+            return len(readable) == 3 and listen_queue(run.port) == 0
+
+        wait_for(handed_over, 10, "the six connections to be handed over")
+    finally:
+        os.kill(frozen, signal.SIGKILL)
+    pids = [read_pid(sock) for sock in socks]
+    assert frozen not in pids
+    assert len(set(pids)) == 1, pids
+    assert "exited with 3 connection(s) unread" in run.log()
+
+
 def read_pid(sock: socket.socket) -> int:
     with sock:
         return int(sock.makefile("rb").read().split(b"\r\n\r\n", 1)[1])

@@ -449,6 +449,11 @@ class Master:
         self._out_of_rotation(worker)
         asyncio.get_running_loop().remove_reader(worker.chan.fileno())
         self._on_message(worker)  # a last ERROR may still be queued
+        unread = worker.reclaim()  # connections it never picked up go to the others
+        if unread:
+            log.warning("worker #%d (pid %d) exited with %d connection(s) unread; "
+                        "handing them to other workers", worker.id, worker.pid, len(unread))
+            self.dispatch.rehome(unread, worker)
         worker.close()
 
     def _on_exit(self, worker: Worker, code: int) -> None:

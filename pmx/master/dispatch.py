@@ -41,7 +41,7 @@ import time
 from typing import Any
 
 from pmx import channel
-from pmx.master.balancer import Policy
+from pmx.master.balancer import STUCK_NOW, Policy
 from pmx.master.workers import Worker
 
 log = logging.getLogger("pmx.master")
@@ -49,6 +49,9 @@ log = logging.getLogger("pmx.master")
 ACCEPT_BATCH = 64
 WAIT_POLL = 0.001  # seconds between two looks at the workers while the policy waits
 ACCEPT_PAUSE = 0.1  # seconds without accepting after accept() failed (EMFILE...)
+# Seconds between two looks at connections left unread (least-busy) when no connection
+# arrives meanwhile (each arrival is a look: the workers are ranked then anyway).
+UNREAD_POLL = 0.010
 
 
 class Dispatcher:
@@ -60,6 +63,9 @@ class Dispatcher:
         self.closed = False
         self.waiting: asyncio.TimerHandle | None = None  # the next look while waiting
         self.accept_errors = 0  # failed accepts in the current episode
+        # least-busy: take back connections left unread by a worker whose loop stopped
+        self.reclaims = policy.name == "least-busy"
+        self.unread_check: asyncio.TimerHandle | None = None
         # Whether another connection waits in the backlog: poll() says so in well under
         # a microsecond, an accept() that fails with EAGAIN in about 3 µs (the exception).
         backlog = select.poll()
@@ -93,6 +99,9 @@ class Dispatcher:
         """Stop for good (the app is stopping); the caller decides about the socket."""
         self.pause()
         self.closed = True
+        if self.unread_check is not None:
+            self.unread_check.cancel()
+            self.unread_check = None
 
     def _wait(self) -> None:
         """No worker can take a connection now: look again in WAIT_POLL seconds."""
@@ -125,6 +134,8 @@ class Dispatcher:
         rotation = self.rotation
         now = time.monotonic()
         ranks = self.policy.ranks(rotation, now)
+        if self.reclaims and self._reclaim(rotation, ranks, now):
+            ranks = self.policy.ranks(rotation, now)
         if self.policy.waits(ranks):
             self._wait()
             return
@@ -187,23 +198,65 @@ class Dispatcher:
 
     def _hand_off(self, worker: Worker, fds: list[int], now: float) -> int:
         try:
-            channel.send_fds(worker.chan, fds)
+            channel.send_fds(worker.inbox or worker.chan, fds)
             worker.handed(len(fds), now)
+            self._watch_unread()
             return len(fds)
         except OSError as exc:
             reason = exc
-        # Its channel is full (loop blocked) or it just died: try the others.
+        # Its inbox is full (loop blocked) or it just died: try the others.
         for other in self.rotation:
             if other is worker:
                 continue
             try:
-                channel.send_fds(other.chan, fds)
+                channel.send_fds(other.inbox or other.chan, fds)
             except OSError:
                 continue
             other.handed(len(fds), now)
+            self._watch_unread()
             return len(fds)
         log.error("could not hand %d connection(s) to any worker: %s", len(fds), reason)
         return 0
+
+    def _watch_unread(self) -> None:
+        if self.reclaims and self.unread_check is None and not self.closed:
+            self.unread_check = asyncio.get_running_loop().call_later(
+                UNREAD_POLL, self._look_at_unread)
+
+    def _look_at_unread(self) -> None:
+        self.unread_check = None
+        if self.closed:
+            return
+        rotation = self.rotation
+        now = time.monotonic()
+        self._reclaim(rotation, self.policy.ranks(rotation, now), now)
+        if any(worker.handoffs for worker in rotation):
+            self._watch_unread()
+
+    def _reclaim(self, rotation: list[Worker], ranks: list[Any], now: float) -> bool:
+        """Connections handed to a worker whose loop has since stopped turning wait in
+        its inbox until it turns again: for a whole block, where the kernel's shared
+        accept would have let another worker take them. Those of a worker that ranks in
+        a worse class than another (least-busy's ``busy_rank``: stuck for over STUCK,
+        held, or holding a connection that blocks) and is stuck are taken back from its
+        inbox and shared out among the workers of the best class. Looked at whenever
+        the workers are ranked for new connections, and every UNREAD_POLL seconds while
+        some are unread. Returns whether any moved."""
+        if len(ranks) < 2:
+            return False
+        best = min(rank[0] for rank in ranks)
+        moved = False
+        for worker, rank in zip(rotation, ranks, strict=True):
+            # ranks() read the slots: ``handoffs`` holds what the worker has not read.
+            if rank[0] <= best or rank[0] < STUCK_NOW or not worker.handoffs:
+                continue
+            fds = worker.reclaim()
+            if fds:
+                pairs = [(w, r) for w, r in zip(rotation, ranks, strict=True) if r[0] == best]
+                worker.reclaimed += self._share([w for w, _ in pairs], [r for _, r in pairs],
+                                                fds, now)
+                moved = True
+        return moved
 
 
 def _close_all(fds: list[int]) -> None:

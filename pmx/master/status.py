@@ -28,6 +28,7 @@ def worker_status(master: Observed, worker: Worker, now: float) -> dict[str, Any
         "connections": worker.load,
         "requests": report.requests,
         "moved": worker.moved,
+        "reclaimed": worker.reclaimed,
         "blocking": report.blockers,
         "holding": report.holding,
         "health": worker.health.state.value if worker.state is WorkerState.READY else "unknown",

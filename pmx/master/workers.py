@@ -74,10 +74,16 @@ class Worker:
     process: Process
     chan: socket.socket
     started_at: float
+    # The fd inbox: connections go to the worker over their own socket pair, and the
+    # master keeps both ends, so that it can take back what the worker has not read
+    # (``reclaim``). Without one (test fakes), connections go over ``chan``.
+    inbox: socket.socket | None = None
+    inbox_back: socket.socket | None = None  # the worker's end
     state: WorkerState = WorkerState.STARTING
     ready_at: float | None = None
     sent: int = 0  # connection fds handed to this worker
     moved: int = 0  # kept-alive connections it handed back, handed on to others
+    reclaimed: int = 0  # connections left unread while its loop was stuck, handed to others
     slot: LoadSlot | None = None  # the worker's live counters (pmx.loadslot)
     error: str = ""  # boot error text the worker sent before exiting
     pidfd: int = -1  # readable once the process has exited (-1: none, poll on each tick)
@@ -130,6 +136,30 @@ class Worker:
         self.sent += count
         self.handoffs.append((self.sent, now))
 
+    def reclaim(self) -> list[int]:
+        """Take back the connection fds still unread in the worker's inbox (all of them:
+        the worker may be reading some at the same moment; each message goes to one
+        reader, so nothing is lost or taken twice)."""
+        if self.inbox_back is None:
+            return []
+        taken: list[int] = []
+        count = 0
+        for message, fds in channel.pending(self.inbox_back, channel.MAX_FROM_MASTER):
+            if message[:1] == channel.FDS:
+                count += channel.fds_sent(message)  # those the kernel dropped count too
+                taken.extend(fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
+            if not message:
+                break
+        if count:
+            self.sent -= count
+            handoffs = self.handoffs  # the reclaimed ones are the last ones sent
+            while handoffs and handoffs[-1][0] > self.sent:
+                handoffs.pop()
+        return taken
+
     def snapshot(self, now: float) -> Snapshot:
         """The worker's state for least-busy (pmx.master.balancer): its load, requests
         in flight, how long its loop has been stuck, and its connections that block.
@@ -170,6 +200,9 @@ class Worker:
     def close(self) -> None:
         """Release the master's side of an exited worker: channel, load slot, pidfd."""
         self.chan.close()
+        for end in (self.inbox, self.inbox_back):
+            if end is not None:
+                end.close()
         if self.slot is not None:
             self.slot.close()
             self.slot = None
@@ -208,22 +241,26 @@ def launch(
     config: AppConfig, worker_id: int, now: float, *, replacement: bool = False,
     log_prefix: bool = False, live_load: bool = False, watch_blocks: bool = False,
 ) -> Worker:
-    """Start ``python -m pmx.worker CHANNEL_FD SLOT_FD`` and send its hello."""
+    """Start ``python -m pmx.worker CHANNEL_FD SLOT_FD INBOX_FD`` and send its hello."""
     parent, child = channel.socketpair()
+    inbox, inbox_back = channel.socketpair()
     slot = LoadSlot.create()
     env = config.child_env()
     env["PYTHONUNBUFFERED"] = "1"
     env["PMX_WORKER_ID"] = str(worker_id)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pmx.worker", str(child.fileno()), str(slot.fd)],
-            pass_fds=[child.fileno(), slot.fd],
+            [sys.executable, "-m", "pmx.worker", str(child.fileno()), str(slot.fd),
+             str(inbox_back.fileno())],
+            pass_fds=[child.fileno(), slot.fd, inbox_back.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,
         )
     except BaseException:
         slot.close()
         parent.close()
+        inbox.close()
+        inbox_back.close()
         raise
     finally:
         child.close()
@@ -231,12 +268,14 @@ def launch(
              "live_load": live_load, "watch_blocks": watch_blocks}
     channel.send_hello(parent, hello)
     parent.setblocking(False)
+    inbox.setblocking(False)
+    inbox_back.setblocking(False)
     limit = config.max_requests + random.randint(0, config.max_requests_jitter)
     # Readable when the process exits: reaping without SIGCHLD, which uvloop keeps.
     pidfd = os.pidfd_open(process.pid) if HAS_PIDFD else -1
     return Worker(
         id=worker_id, process=process, chan=parent, started_at=now, replacement=replacement,
-        slot=slot, pidfd=pidfd,
+        inbox=inbox, inbox_back=inbox_back, slot=slot, pidfd=pidfd,
         health=HealthCheck(fall=config.health_fall, rise=config.health_rise,
                            replace_after=2 * config.health_fall),
         request_limit=limit if config.max_requests else 0,

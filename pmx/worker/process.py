@@ -46,8 +46,12 @@ TICK = 0.1
 
 
 class WorkerServer:
-    def __init__(self, chan: socket.socket, bridge: UvicornBridge, slot: LoadSlot) -> None:
+    def __init__(self, chan: socket.socket, bridge: UvicornBridge, slot: LoadSlot,
+                 inbox: socket.socket | None = None) -> None:
         self.chan = chan
+        # Connections come in ``F`` messages on the inbox, whose other end the master
+        # keeps to take back what this worker has not read while its loop was stuck.
+        self.inbox = inbox
         self.bridge = bridge
         self.slot = slot
         self.live = False  # publish every change (load-aware policy)
@@ -76,10 +80,13 @@ class WorkerServer:
         self.publish()  # the first stamp: the master sees a turning loop from the start
         self._send(channel.encode_json(channel.READY, {"pid": os.getpid()}))
         loop.add_reader(self.chan.fileno(), self._on_channel)
+        if self.inbox is not None:
+            loop.add_reader(self.inbox.fileno(), self._on_inbox)
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         ticker = loop.create_task(self._tick())
         await self.stopped.wait()
         loop.remove_reader(self.chan.fileno())
+        self._stop_inbox()
         await self.bridge.wait_adopted()
         handback = self.handback
         if self.hand_back_on_stop:  # kept-alive connections move on instead of closing
@@ -96,6 +103,37 @@ class WorkerServer:
         await self.bridge.shutdown()
         return 0
 
+    def _on_inbox(self) -> None:
+        if self.inbox is None:
+            return
+        for message, fds in channel.pending(self.inbox, channel.MAX_FROM_MASTER):
+            if not message:  # the master is gone (the channel says so too)
+                self._stop_inbox()
+                return
+            self._adopt(message, fds)
+
+    def _stop_inbox(self) -> None:
+        if self.inbox is not None:
+            self.bridge.loop.remove_reader(self.inbox.fileno())
+
+    def _adopt(self, message: bytes, fds: list[int]) -> None:
+        if self.stopped.is_set():  # type: ignore[union-attr]
+            for fd in fds:
+                os.close(fd)
+            return
+        bridge = self.bridge
+        dropped = bridge.dropped
+        for fd in fds:
+            bridge.adopt(fd)
+        lost = channel.fds_sent(message) - len(fds)
+        if lost > 0:  # at the fd limit: the kernel dropped them
+            bridge.dropped += lost
+            self.capacity.lost(lost)
+        # Each adopted connection is published when it opens (connection_made, the
+        # next loop iteration); one dropped now, here.
+        if self.live and bridge.dropped != dropped:
+            self.publish()
+
     def _on_channel(self) -> None:
         for message, fds in channel.pending(self.chan, channel.MAX_FROM_MASTER):
             if self.stopped.is_set():  # type: ignore[union-attr]
@@ -104,18 +142,7 @@ class WorkerServer:
                 return
             kind = message[:1]
             if kind == channel.FDS:
-                bridge = self.bridge
-                dropped = bridge.dropped
-                for fd in fds:
-                    bridge.adopt(fd)
-                lost = channel.fds_sent(message) - len(fds)
-                if lost > 0:  # at the fd limit: the kernel dropped them
-                    bridge.dropped += lost
-                    self.capacity.lost(lost)
-                # Each adopted connection is published when it opens (connection_made,
-                # the next loop iteration); one dropped now, here.
-                if self.live and bridge.dropped != dropped:
-                    self.publish()
+                self._adopt(message, fds)
                 continue
             for fd in fds:
                 os.close(fd)
@@ -127,6 +154,7 @@ class WorkerServer:
                 self._answer_probe(channel.decode_probe(message))
             if kind == channel.STOP or not message:
                 self.hand_back_on_stop = message == channel.STOP_HANDING_BACK
+                self._on_inbox()  # the master sent its last connections before the STOP
                 self.stopped.set()  # type: ignore[union-attr]
 
     def _answer_probe(self, number: int) -> None:
@@ -151,6 +179,7 @@ class WorkerServer:
         self.leaving = True
         if not self._send(channel.LEAVING):
             self._on_channel()  # the master is gone: take what is queued, then stop
+            self._on_inbox()
             self.stopped.set()  # type: ignore[union-attr]
 
     async def _tick(self) -> None:
@@ -167,6 +196,7 @@ class WorkerServer:
                     self.bridge.close_slow_heads(self.bridge.loop.time(), limit)
                 if os.getppid() != self.parent:
                     self._on_channel()  # take what is queued, then stop
+                    self._on_inbox()
                     self.stopped.set()  # type: ignore[union-attr]
                 if self.metrics is not None:
                     self._send(channel.encode_json(channel.METRICS, self.metrics.to_dict()))
@@ -292,7 +322,8 @@ def main() -> None:
     app = hooks.wrap(app)
     bridge = UvicornBridge(config, app, worker_id, tag_logs=not hello.get("log_prefix"),
                            on_close=blocks.forget if blocks is not None else None)
-    server = WorkerServer(chan, bridge, LoadSlot(int(sys.argv[2])))
+    inbox = socket.socket(fileno=int(sys.argv[3])) if len(sys.argv) > 3 else None
+    server = WorkerServer(chan, bridge, LoadSlot(int(sys.argv[2])), inbox)
     if live:
         # Every change is published (WorkerServer.changed). Without a load-aware policy
         # the ticker publishes ten times a second, for status and metrics.
@@ -305,4 +336,6 @@ def main() -> None:
     server.handback = HandBack(chan, bridge, hooks, blocks)
     server.blocks = blocks
     chan.setblocking(False)
+    if inbox is not None:
+        inbox.setblocking(False)
     sys.exit(bridge.run(server.run()))
