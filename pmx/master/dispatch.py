@@ -237,9 +237,10 @@ class Dispatcher:
         """Connections handed to a worker whose loop has since stopped turning wait in
         its inbox until it turns again: for a whole block, where the kernel's shared
         accept would have let another worker take them. Those of a worker that ranks in
-        a worse class than another (least-busy's ``busy_rank``: stuck for over STUCK,
-        held, or holding a connection that blocks) and is stuck are taken back from its
-        inbox and shared out among the workers of the best class. Looked at whenever
+        a worse class than the best one there (least-busy's ``busy_rank``: stuck for
+        over STUCK, holding a connection that blocks, or held) are taken back from its
+        inbox and shared out among the workers of the best class: where a new
+        connection would go now. Looked at whenever
         the workers are ranked for new connections, and every UNREAD_POLL seconds while
         some are unread. Returns whether any moved."""
         if len(ranks) < 2:
