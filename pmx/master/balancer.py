@@ -84,7 +84,7 @@ HELD_STUCK = 0.025
 class Snapshot(NamedTuple):
     """One worker's state at the moment of a pick."""
 
-    load: int  # connections handed over and not yet closed (unread in the channel + open)
+    load: int  # connections handed over and not yet closed (unread in its inbox + open)
     inflight: int  # requests in flight
     stuck: float  # seconds its loop has made no progress while it had work (0: turning)
     blockers: int  # open connections whose last request blocked its loop

@@ -240,9 +240,9 @@ class Dispatcher:
         a worse class than the best one there (least-busy's ``busy_rank``: stuck for
         over STUCK, holding a connection that blocks, or held) are taken back from its
         inbox and shared out among the workers of the best class: where a new
-        connection would go now. Looked at whenever
-        the workers are ranked for new connections, and every UNREAD_POLL seconds while
-        some are unread. Returns whether any moved."""
+        connection would go now. Looked at whenever the workers are ranked for new
+        connections, and every UNREAD_POLL seconds while some are unread. Returns
+        whether any moved."""
         if len(ranks) < 2:
             return False
         best = min(rank[0] for rank in ranks)

@@ -124,7 +124,7 @@ class Worker:
 
     @property
     def load(self) -> int:
-        """Connections handed over and not yet closed: those still in the channel plus
+        """Connections handed over and not yet closed: those still in its inbox plus
         those the worker has open."""
         if self.slot is None:
             return self.sent
@@ -166,7 +166,7 @@ class Worker:
 
         Stuck: with requests in flight, the time since its last stamp (a turning loop
         stamps every HEARTBEAT); idle, the time since its last stamp past IDLE_STUCK
-        (it stamps every TICK); with an fd unread in the channel for over UNREAD_STUCK,
+        (it stamps every TICK); with an fd unread in its inbox for over UNREAD_STUCK,
         the time since it was sent."""
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0)

@@ -1,11 +1,12 @@
-"""Worker process entry point: ``python -m pmx.worker FD``.
+"""Worker process entry point: ``python -m pmx.worker FD SLOT_FD INBOX_FD``.
 
-FD is this worker's end of the channel to its master (see pmx/channel.py). The worker
-reads its hello (id and config), imports the app, runs lifespan startup, says ready,
-then serves every connection fd the master sends until it is told to stop, the master
-goes away (EOF on the channel, or a new parent pid), or it gets SIGTERM. In each case
-it first takes every fd still queued in the channel, so no handed-off connection is
-dropped, then shuts down through uvicorn's graceful path.
+FD is this worker's end of the channel to its master (see pmx/channel.py), SLOT_FD its
+load slot (pmx/loadslot.py), INBOX_FD its end of the socket pair the master sends
+connection fds on. The worker reads its hello (id and config), imports the app, runs
+lifespan startup, says ready, then serves every connection fd the master sends until
+it is told to stop, the master goes away (EOF on the channel, or a new parent pid), or
+it gets SIGTERM. In each case it first takes every fd still queued in its inbox, so no
+handed-off connection is dropped, then shuts down through uvicorn's graceful path.
 
 SIGINT is ignored: Ctrl-C in a terminal reaches the whole process group, and the
 master decides how its workers stop.
