@@ -122,10 +122,15 @@ def listener():
     sock.close()
 
 
-def test_least_busy_moves_a_stuck_workers_unread_fds_to_a_turning_one(workers, listener):
+@pytest.fixture
+def dispatcher(workers, listener):
+    made = Dispatcher(listener, LeastBusy())
+    made.rotation = list(workers)
+    return made
+
+
+def test_least_busy_moves_a_stuck_workers_unread_fds_to_a_turning_one(workers, dispatcher):
     stuck_one, free_one = workers
-    dispatcher = Dispatcher(listener, LeastBusy())
-    dispatcher.rotation = [stuck_one, free_one]
     sent = hand(stuck_one, 3)
     at = stamp(stuck_one, inflight=1)  # then its loop stops: no stamp for 3 x STUCK
     stamp(free_one, inflight=0)  # idle, and stamping every tick
@@ -137,29 +142,18 @@ def test_least_busy_moves_a_stuck_workers_unread_fds_to_a_turning_one(workers, l
     close(sent + moved)
 
 
-def test_nothing_moves_from_a_worker_whose_loop_turns(workers, listener):
-    busy_one, other = workers
-    dispatcher = Dispatcher(listener, LeastBusy())
-    dispatcher.rotation = [busy_one, other]
-    sent = hand(busy_one, 2)
-    at = stamp(busy_one, inflight=1)  # in flight, and stamped within STUCK: turning
-    stamp(other, inflight=0)
-    assert not look(dispatcher, at + STUCK / 3)
-    left = read_inbox(busy_one)
-    assert len(left) == 2 and busy_one.reclaimed == 0
-    close(sent + left)
-
-
-def test_nothing_moves_when_every_worker_is_stuck_alike(workers, listener):
-    first, second = workers
-    dispatcher = Dispatcher(listener, LeastBusy())
-    dispatcher.rotation = [first, second]
+@pytest.mark.parametrize(("other_inflight", "later"), [
+    (0, STUCK / 3),  # in flight and stamped within STUCK: its loop turns
+    (1, 0.100),  # both held: no better place for them
+], ids=["its loop turns", "every loop is held"])
+def test_nothing_moves_when_no_worker_ranks_better(workers, dispatcher, other_inflight, later):
+    first, other = workers
     sent = hand(first, 2)
-    stamp(second, inflight=1)
+    stamp(other, inflight=other_inflight)
     at = stamp(first, inflight=1)
-    assert not look(dispatcher, at + 0.100)  # both held: no better place for them
+    assert not look(dispatcher, at + later)
     left = read_inbox(first)
-    assert len(left) == 2
+    assert len(left) == 2 and first.reclaimed == 0
     close(sent + left)
 
 
