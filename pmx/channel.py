@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import array
 import json
+import select
 import socket
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pmx import wire
@@ -79,6 +80,8 @@ MAX_MESSAGE = 256 * 1024
 MAX_FROM_MASTER = 64
 MAX_FDS = 253  # SCM_MAX_FD on Linux
 _FDS_HEADERS = [[FDS + _COUNT.pack(n)] for n in range(MAX_FDS + 1)]
+# The fds of a message as SCM_RIGHTS data, by count: no format string built per send.
+_PACK_FDS = [struct.Struct(f"{n}i").pack for n in range(MAX_FDS + 1)]
 _BACK_HEADERS = {kind: [[kind + _COUNT.pack(n)] for n in range(MAX_FDS + 1)]
                  for kind in (HAND_BACK, GATHERED)}
 _FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
@@ -146,13 +149,13 @@ _SCM = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 def send_fds(sock: socket.socket, fds: list[int]) -> None:
     """Send up to MAX_FDS descriptors in one message. Raises OSError (EAGAIN...).
     (socket.send_fds, without its per-call array building: this is the hot path.)"""
-    sock.sendmsg(_FDS_HEADERS[len(fds)], [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
+    sock.sendmsg(_FDS_HEADERS[len(fds)], [(*_SCM, _PACK_FDS[len(fds)](*fds))])
 
 
 def hand_back(sock: socket.socket, fds: list[int], kind: bytes = HAND_BACK) -> None:
     """Send up to MAX_FDS detached connection fds to the master, in a ``B`` message (or
     ``G`` for connections that block). Raises OSError."""
-    sock.sendmsg(_BACK_HEADERS[kind][len(fds)], [(*_SCM, struct.pack(f"{len(fds)}i", *fds))])
+    sock.sendmsg(_BACK_HEADERS[kind][len(fds)], [(*_SCM, _PACK_FDS[len(fds)](*fds))])
 
 
 def encode_release(count: int, kind: bytes = RELEASE) -> bytes:
@@ -170,9 +173,15 @@ def fds_sent(message: bytes) -> int:
     return int(_COUNT.unpack_from(message, 1)[0])
 
 
-def pending(sock: socket.socket, size: int = MAX_MESSAGE) -> Iterator[tuple[bytes, list[int]]]:
+def pending(sock: socket.socket, size: int = MAX_MESSAGE,
+            queued: Callable[[int], list[Any]] | None = None,
+            ) -> Iterator[tuple[bytes, list[int]]]:
     """Every message queued on a non-blocking channel end, read with a ``size`` buffer.
-    A final ``(b"", [])`` means the peer is gone (EOF or error)."""
+    A final ``(b"", [])`` means the peer is gone (EOF or error).
+
+    ``queued``, a ``select.poll().poll`` watching ``sock``, says whether another message
+    waits: a zero-timeout poll takes well under a microsecond, the ``recvmsg`` that
+    fails with EAGAIN to say so about 3 µs (the exception). For a hot channel."""
     while True:
         try:
             message, fds = recv(sock, size)
@@ -181,8 +190,15 @@ def pending(sock: socket.socket, size: int = MAX_MESSAGE) -> Iterator[tuple[byte
         except OSError:
             message, fds = b"", []
         yield message, fds
-        if not message:
+        if not message or (queued is not None and not queued(0)):
             return
+
+
+def poller(sock: socket.socket) -> Callable[[int], list[Any]]:
+    """A ``queued`` for ``pending``: whether ``sock`` is readable."""
+    poll = select.poll()
+    poll.register(sock.fileno(), select.POLLIN)
+    return poll.poll
 
 
 def recv(sock: socket.socket, size: int = MAX_MESSAGE) -> tuple[bytes, list[int]]:

@@ -53,6 +53,7 @@ class WorkerServer:
         # Connections come in ``F`` messages on the inbox, whose other end the master
         # keeps to take back what this worker has not read while its loop was stuck.
         self.inbox = inbox
+        self.inbox_queued = channel.poller(inbox) if inbox is not None else None
         self.bridge = bridge
         self.slot = slot
         self.live = False  # publish every change (load-aware policy)
@@ -107,7 +108,8 @@ class WorkerServer:
     def _on_inbox(self) -> None:
         if self.inbox is None:
             return
-        for message, fds in channel.pending(self.inbox, channel.MAX_FROM_MASTER):
+        for message, fds in channel.pending(self.inbox, channel.MAX_FROM_MASTER,
+                                            self.inbox_queued):
             if not message:  # the master is gone (the channel says so too)
                 self._stop_inbox()
                 return
