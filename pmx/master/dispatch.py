@@ -243,9 +243,9 @@ class Dispatcher:
         connection would go now. Looked at whenever the workers are ranked for new
         connections, and every UNREAD_POLL seconds while some are unread. Returns
         whether any moved."""
-        if len(ranks) < 2:
-            return False
-        best = min(rank[0] for rank in ranks)
+        if len(ranks) < 2 or max(ranks)[0] < STUCK_NOW:  # (the class comes first)
+            return False  # at every accept, and usually so: cheap
+        best = min(ranks)[0]
         moved = False
         for worker, rank in zip(rotation, ranks, strict=True):
             # ranks() read the slots: ``handoffs`` holds what the worker has not read.
@@ -265,8 +265,11 @@ def _close_all(fds: list[int]) -> None:
     usually consecutive numbers (the kernel hands out the lowest free one), and then
     one close_range() call closes them all. (They are distinct open fds, so n of them
     spanning exactly n numbers are that whole range and nothing else.)"""
+    if len(fds) == 1:
+        os.close(fds[0])
+        return
     low, high = min(fds), max(fds)
-    if high - low == len(fds) - 1 and len(fds) > 1:
+    if high - low == len(fds) - 1:
         os.closerange(low, high + 1)
         return
     for fd in fds:
