@@ -257,7 +257,7 @@ class UvicornBridge:
                 handed = self._handed = functools.partial(cls, family, socket.SOCK_STREAM, 0)
         # The same listener's: its family not asked again with getsockopt().
         # No setblocking(): both uvloop (uv_tcp_open) and asyncio make it non-blocking.
-        sock = handed(fd)
+        sock: Any = handed(fd)
         self._step(self.loop.connect_accepted_socket(self._protocol, sock), sock=sock)
 
     def _step(self, coro: Coroutine[Any, Any, Any], _: Any = None, sock: Any = None) -> None:
