@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -222,6 +223,32 @@ def test_connections_a_killed_worker_never_read_go_to_another(pmx_run):
     assert frozen not in pids
     assert len(set(pids)) == 1, pids
     assert "exited with 3 connection(s) unread" in run.log()
+
+
+def test_connections_a_stalled_worker_never_read_go_to_another(pmx_run):
+    """Round robin hands every other new connection to a worker frozen by SIGSTOP. Once
+    its loop has not turned for a second, it is out of rotation, and the connections
+    waiting unread in its inbox go with it: the other worker serves them while it stays
+    frozen (none waits for it to thaw or to be killed)."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "round-robin",
+                  "--health-timeout", "1")
+    run.wait_serving(2)
+    frozen = sorted(run.worker_pids())[0]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        socks = []
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", run.port), timeout=30)
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            socks.append(sock)
+        pids = [read_pid(sock) for sock in socks]  # answered, or a timeout: it fails
+        log = run.log()
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert frozen not in pids
+    assert len(set(pids)) == 1, pids
+    # 3, unless the client was so slow that the stall was seen before the last ones
+    assert re.search(r"out of rotation with [123] connection\(s\) unread", log), log
 
 
 def read_pid(sock: socket.socket) -> int:

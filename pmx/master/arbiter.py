@@ -366,8 +366,20 @@ class Master:
         self._announce()
 
     def _out_of_rotation(self, worker: Worker) -> None:
-        """The worker is handed no more connections (failing, draining or gone)."""
+        """The worker is handed no more connections (failing, draining or gone). Those
+        it was handed and has not read yet are in the same place as new ones: while
+        another worker is in rotation, they are taken back from its inbox and go there
+        too (a worker failing its health checks, or frozen, may never read them; one
+        draining would serve them but takes no new work). With none, or when the app is
+        stopping (each worker serves what it was handed), they stay."""
         self.dispatch.remove(worker)
+        if self.dispatch.rotation and not self.dispatch.closed:
+            unread = worker.reclaim()
+            if unread:
+                log.info("worker #%d (pid %d) out of rotation with %d connection(s) "
+                         "unread; handing them to other workers", worker.id, worker.pid,
+                         len(unread))
+                self.dispatch.rehome(unread, worker)
 
     def in_rotation(self, worker: Worker) -> bool:
         return worker in self.dispatch.rotation
@@ -446,10 +458,10 @@ class Master:
     def _forget(self, worker: Worker) -> None:
         """Release what the master holds of an exited worker."""
         self.live.remove(worker)
+        unread = worker.reclaim()  # connections it never picked up go to the others
         self._out_of_rotation(worker)
         asyncio.get_running_loop().remove_reader(worker.chan.fileno())
         self._on_message(worker)  # a last ERROR may still be queued
-        unread = worker.reclaim()  # connections it never picked up go to the others
         if unread:
             log.warning("worker #%d (pid %d) exited with %d connection(s) unread; "
                         "handing them to other workers", worker.id, worker.pid, len(unread))
