@@ -73,6 +73,16 @@ def test_scope_client_is_the_real_peer(pmx_run):
     assert body["client"] == ["127.0.0.1", local_port]
 
 
+def test_a_worker_serves_with_its_startup_heap_frozen(pmx_run):
+    """What a worker built up to its startup (modules, the app) is out of the garbage
+    collector's sight by the time it serves, so full collections do not walk it."""
+    run = pmx_run("tests.apps.plain:app", "-i", "1")
+    run.wait_serving(1)
+    status, frozen = get(run.port, "/gc")
+    assert status == 200
+    assert int(frozen) > 1000  # the plain app's worker alone holds tens of thousands
+
+
 def test_worker_env_and_ids(pmx_run):
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--env", "GREETING=hi", "--name", "web",
                   "--balance", "round-robin")  # two requests, one per worker

@@ -15,6 +15,7 @@ master decides how its workers stop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import io
 import os
@@ -79,6 +80,7 @@ class WorkerServer:
             self._send(channel.encode_json(channel.ERROR, {"error": error}))
             return channel.BOOT_ERROR
         self.capacity = Capacity()  # the fds open now are the app's own
+        settle_heap()
         self.publish()  # the first stamp: the master sees a turning loop from the start
         self._send(channel.encode_json(channel.READY, {"pid": os.getpid()}))
         loop.add_reader(self.chan.fileno(), self._on_channel)
@@ -245,6 +247,18 @@ class WorkerServer:
             return True
         except OSError:
             return False
+
+
+def settle_heap() -> None:
+    """Collect once, then move every object alive now out of the garbage collector's
+    sight (``gc.freeze``): the modules, the app and what its startup built live as long
+    as the worker, yet each full collection would walk them all again, with the event
+    loop stopped meanwhile (about 18 ms for the FastAPI example on this kind of machine;
+    more for a large app), and a request arriving then waits it out. Frozen, a full
+    collection walks only what serving created. (Garbage among the frozen objects would
+    never be freed: hence the collection first.)"""
+    gc.collect()
+    gc.freeze()
 
 
 class PrefixedStream(io.TextIOBase):

@@ -1,6 +1,7 @@
 """A dependency-free ASGI app for tests that need fast-starting workers."""
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -36,6 +37,8 @@ async def app(scope, receive, send):
             size += len(message.get("body", b""))
             more = message.get("more_body", False)
         body = str(size).encode()
+    elif path == "/gc":  # objects moved out of the collector's sight (gc.freeze)
+        body = str(gc.get_freeze_count()).encode()
     elif path == "/env":
         keys = ("PMX_WORKER_ID", "PYTHONUNBUFFERED", "GREETING")
         body = json.dumps({k: os.environ.get(k) for k in keys}).encode()
