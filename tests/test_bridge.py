@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+from typing import Any
 
+import pytest
 import uvicorn
 from uvicorn.importer import import_from_string
 
 from pmx.config import AppConfig
 from pmx.loadslot import Load
-from pmx.worker.bridge import UvicornBridge, connection_of
+from pmx.worker.bridge import UvicornBridge, _HandedFd, connection_of
 from tests.apps.plain import app as plain_app
 
 
@@ -138,3 +140,47 @@ def test_a_request_send_names_its_connection_until_it_closes():
         await bridge.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_under_uvloop_a_handed_fd_goes_to_the_transport_without_a_socket_object():
+    """uvloop's ``connect_accepted_socket`` reads only family, type and ``fileno()`` of
+    what it is given, lets libuv own the fd, and calls ``close()`` on it when the
+    transport closes (it would ``detach()`` a ``socket.socket``): the bridge's carrier
+    relies on exactly that."""
+    pytest.importorskip("uvloop")
+    carriers: list[Any] = []
+    bridge = make_bridge()
+
+    async def scenario() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        assert await bridge.startup() is None
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            for _ in range(2):  # the first one sets up the carrier class, then recorded
+                client = socket.create_connection(listener.getsockname())
+                accepted, _addr = listener.accept()
+                if bridge._handed is not None:
+                    carrier_class = bridge._handed
+                    assert isinstance(carrier_class, type)
+                    assert issubclass(carrier_class, _HandedFd)
+
+                    def recorded(fd: int, carrier_class: type = carrier_class) -> Any:
+                        carriers.append(carrier_class(fd))
+                        return carriers[-1]
+
+                    bridge._handed = recorded
+                bridge.adopt(accepted.detach())
+                await bridge.wait_adopted()
+                reader, writer = await asyncio.open_connection(sock=client)
+                writer.write(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                response = await asyncio.wait_for(reader.read(), 5)  # to EOF: closed
+                assert response.startswith(b"HTTP/1.1 200 OK")
+                writer.close()
+        for _ in range(100):
+            if carriers and carriers[0].closed:
+                break
+            await asyncio.sleep(0.01)
+        assert [c.closed for c in carriers] == [True], "uvloop calls close() on it"
+        assert bridge.dropped == 0
+        await bridge.shutdown()
+
+    bridge.run(scenario())
