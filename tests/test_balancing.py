@@ -183,11 +183,7 @@ def test_least_busy_takes_back_connections_a_frozen_worker_left_unread(pmx_run):
         wait_for(lambda: get(run.port, "/pid")[1] == str(frozen), 10, "the other worker")
         os.kill(frozen, signal.SIGSTOP)
         try:
-            socks = []
-            for _ in range(8):
-                sock = socket.create_connection(("127.0.0.1", run.port), timeout=20)
-                sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                socks.append(sock)
+            socks = ask_pids(run.port, 8, 20)
             pids = [read_pid(sock) for sock in socks]  # answered, or a timeout: it fails
             workers = json.loads(get(admin, "/workers")[1])["workers"]
         finally:
@@ -207,10 +203,7 @@ def test_connections_a_killed_worker_never_read_go_to_another(pmx_run):
     os.kill(frozen, signal.SIGSTOP)
     socks = []
     try:
-        for _ in range(6):
-            sock = socket.create_connection(("127.0.0.1", run.port), timeout=20)
-            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            socks.append(sock)
+        socks += ask_pids(run.port, 6, 20)
 
         def handed_over() -> bool:  # all accepted, and the free worker's three answered
             readable, _, _ = select.select(socks, [], [], 0)
@@ -236,11 +229,7 @@ def test_connections_a_stalled_worker_never_read_go_to_another(pmx_run):
     frozen = sorted(run.worker_pids())[0]
     os.kill(frozen, signal.SIGSTOP)
     try:
-        socks = []
-        for _ in range(6):
-            sock = socket.create_connection(("127.0.0.1", run.port), timeout=30)
-            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            socks.append(sock)
+        socks = ask_pids(run.port, 6, 30)
         pids = [read_pid(sock) for sock in socks]  # answered, or a timeout: it fails
         log = run.log()
     finally:
@@ -249,6 +238,17 @@ def test_connections_a_stalled_worker_never_read_go_to_another(pmx_run):
     assert len(set(pids)) == 1, pids
     # 3, unless the client was so slow that the stall was seen before the last ones
     assert re.search(r"out of rotation with [123] connection\(s\) unread", log), log
+
+
+def ask_pids(port: int, count: int, timeout: float) -> list[socket.socket]:
+    """``count`` new connections, each asking for the pid of its worker (then closed);
+    read the answers with ``read_pid``."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        socks.append(sock)
+    return socks
 
 
 def read_pid(sock: socket.socket) -> int:
