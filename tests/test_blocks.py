@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from pmx.worker.blocks import MAX_PATHS, BlockWatch, Stepped
+from pmx.worker.blocks import MAX_PATHS, BlockWatch, RunQueueWait, Stepped
 from pmx.worker.hooks import RequestHooks
 
 # The tests' threshold for a blocking step, not pmx's (3 ms): a loaded machine adds
@@ -99,6 +102,75 @@ def test_stepped_passes_exceptions_and_cancellation_through():
             await task
 
     asyncio.run(main())
+
+
+class QueueClock:
+    """Stands for RunQueueWait: each read after the first says the thread waited
+    ``per_read`` seconds more for a CPU."""
+
+    def __init__(self, per_read: float) -> None:
+        self.per_read = per_read
+        self.waited = -per_read
+
+    def __call__(self) -> float:
+        self.waited += self.per_read
+        return self.waited
+
+
+def test_a_step_does_not_count_the_time_its_thread_waited_for_a_cpu():
+    async def main() -> tuple[float, float]:
+        preempted = Stepped(blocking(BLOCK * 3), QueueClock(BLOCK * 2.5))
+        await preempted
+        blocked = Stepped(blocking(BLOCK * 3), QueueClock(0.0))
+        await blocked
+        return preempted.longest, blocked.longest
+
+    preempted, blocked = asyncio.run(main())
+    assert preempted < BLOCK <= BLOCK * 3 <= blocked
+
+
+def test_a_path_preempted_on_a_busy_machine_is_not_marked():
+    """Requests that took 2 BLOCK, all of it waiting for a CPU, leave their connection
+    and path at most suspect: their code did not block the loop."""
+    blocks = BlockWatch(connection_of, block=BLOCK, waited=QueueClock(BLOCK * 2))
+    kept_alive = Send(Connection())
+    for _ in range(3):
+        request(blocks, lambda: blocking(BLOCK * 2), kept_alive, "/fast")
+    assert blocks.count == 0 and blocks.paths.get("/fast") is not True
+
+
+def test_run_queue_wait_grows_while_the_thread_shares_its_cpu():
+    """The real clock: pinned to one CPU with a busy process, this thread spends about
+    half of a busy step waiting for it, and the step counts only the other half."""
+    waited = RunQueueWait()
+    if waited.fd < 0:
+        pytest.skip("this kernel keeps no run-queue wait (/proc/thread-self/schedstat)")
+    allowed = os.sched_getaffinity(0)
+    cpu = {min(allowed)}
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, cpu)
+        os.sched_setaffinity(0, cpu)  # this thread only
+
+        async def busy(seconds: float) -> None:
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                pass
+
+        async def main() -> tuple[float, float]:
+            before = waited()
+            step = Stepped(busy(0.2), waited)
+            await step
+            return waited() - before, step.longest
+
+        queued, longest = asyncio.run(main())
+    finally:
+        os.sched_setaffinity(0, allowed)
+        hog.kill()
+        hog.wait()
+        waited.close()
+    assert queued > 0.04, f"waited {queued:.3f} s for the CPU in a 0.2 s busy step"
+    assert longest < 0.2 - 0.04
 
 
 def test_a_connection_is_marked_on_its_second_blocking_request_until_one_does_not():

@@ -62,7 +62,7 @@ class RequestHooks:
                     if blocked:  # published before the app runs and blocks the loop
                         await blocks.hold()
                         started = perf_counter()
-                    stepped = Stepped(app(scope, receive, respond))
+                    stepped = Stepped(app(scope, receive, respond), blocks.waited)
                     await stepped
                 finally:
                     if blocked:

@@ -31,7 +31,7 @@ from pmx.config import AppConfig
 from pmx.limits import raise_fd_limit
 from pmx.loadslot import LoadSlot
 from pmx.worker.app import AppLoadError, load
-from pmx.worker.blocks import BlockWatch
+from pmx.worker.blocks import BlockWatch, RunQueueWait
 from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.capacity import Capacity
 from pmx.worker.handback import HandBack
@@ -334,7 +334,8 @@ def main() -> None:
     metrics = RequestMetrics() if config.admin else None
     if metrics is not None:
         app = instrument(app, metrics)
-    blocks = BlockWatch(connection_of) if hello.get("watch_blocks") else None
+    blocks = (BlockWatch(connection_of, waited=RunQueueWait())
+              if hello.get("watch_blocks") else None)
     hooks = RequestHooks(blocks)
     app = hooks.wrap(app)
     bridge = UvicornBridge(config, app, worker_id, tag_logs=not hello.get("log_prefix"),
