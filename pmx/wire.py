@@ -27,7 +27,6 @@ it can, so a message is never cut short nor interleaved with another.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections import deque
@@ -157,6 +156,8 @@ class Outbox:
                 self.sock.send(queue[0])
             except BlockingIOError:
                 if not self._waiting:
+                    import asyncio  # here: the CLI's client imports this module too
+
                     asyncio.get_running_loop().add_writer(self.sock.fileno(), self._flush)
                     self._waiting = True
                 return
@@ -171,6 +172,8 @@ class Outbox:
         """Stop waiting for the socket to be writable (it is about to be closed)."""
         if self._waiting:
             self._waiting = False
+            import asyncio
+
             try:
                 asyncio.get_running_loop().remove_writer(self.sock.fileno())
             except (RuntimeError, ValueError):

@@ -8,11 +8,9 @@ from typing import Any
 
 import click
 
-from pmx import aio
 from pmx.cli.options import app_options, build_config, given, is_config_file, load_file
 from pmx.config import AppConfig
 from pmx.errors import BootError, PmxError
-from pmx.master.arbiter import Master
 from pmx.settings import Scope
 
 
@@ -54,6 +52,12 @@ def run(target: str, **opts: Any) -> None:
     values = given(opts)
     config = one_app(target, values) if is_config_file(target) else build_config(target, values)
     setup_logging(config.log_level)
+    # The engine is imported here, not with the CLI: every other command only talks to
+    # the daemon, and loading the master (asyncio, the admin server, prometheus_client)
+    # would double the start of each one, `pmx status` included.
+    from pmx import aio
+    from pmx.master.arbiter import Master
+
     try:
         aio.run(Master(config).serve())
     except BootError as exc:
