@@ -131,6 +131,19 @@ def test_run_a_file_without_options_takes_its_values(pmx_run, tmp_path):
     assert json.loads(get(port, "/env")[1])["GREETING"] == "hi"
 
 
+def test_run_a_file_warns_of_the_keys_only_the_daemon_uses(pmx_run, tmp_path):
+    """Log rotation is the daemon's (pmx run writes to stdout and stderr): a file that
+    sets it is served all the same, with one warning per key it sets."""
+    config = tmp_path / "pmx.toml"
+    port = free_port()
+    config.write_text(app_table("filed", port, **{"log-max-size": '"1M"'}))
+    run = pmx_run(str(config), port=port, bind=f"127.0.0.1:{port}")
+    run.wait_serving(1)
+    warnings = [line for line in run.log().splitlines() if line.startswith("Warning:")]
+    assert warnings == [f"Warning: 'log-max-size' in config file '{config}' is used only when "
+                        "the daemon runs the app (pmx start); pmx run ignores it."]
+
+
 def test_run_refuses_a_file_with_several_apps(tmp_path):
     config = tmp_path / "pmx.toml"
     config.write_text(app_table("a", free_port()) + app_table("b", free_port()))

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from pmx.cli.options import app_options, build_config, given, is_config_file, load_file
-from pmx.config import AppConfig
+from pmx.config import SETTINGS, AppConfig
 from pmx.errors import BootError, PmxError
 from pmx.settings import Scope
 
@@ -75,4 +75,9 @@ def one_app(path: str, overrides: dict[str, Any]) -> AppConfig:
             f"config file '{path}' holds {len(configs)} apps ({names}); pmx run runs one: "
             f"start them all with 'pmx start {path}', or give pmx run a file with one [[app]]."
         )
-    return configs[0]
+    config = configs[0]
+    for row in SETTINGS:  # keys the file may hold that mean something under the daemon only
+        if Scope.RUN not in row.scope and getattr(config, row.name) != row.default:
+            click.echo(f"Warning: '{row.key}' in config file '{path}' is used only when the "
+                       "daemon runs the app (pmx start); pmx run ignores it.", err=True)
+    return config
