@@ -113,7 +113,10 @@ def test_least_busy_holds_connections_back_while_every_loop_is_held(pmx_run, tmp
 def test_least_busy_does_not_avoid_a_worker_for_a_block_that_is_over(pmx_run, tmp_path):
     """A request blocks a loop on a connection that then closes; meanwhile new
     connections go to the other worker. Once the block is over, that worker is as good
-    as the other: held connections spread evenly."""
+    as the other: held connections spread evenly, 4 and 4. (Avoided, it would get none.
+    On a loaded machine one may stray: a worker preempted for over 3 ms right after it
+    answered still shows that request in flight, and least-busy gives the next
+    connection to the loop turning now, as the kernel's accept would.)"""
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
     run.wait_serving(2)
     hold = Hold(run.port, tmp_path / "block")  # get() closes its connection after
@@ -128,7 +131,7 @@ def test_least_busy_does_not_avoid_a_worker_for_a_block_that_is_over(pmx_run, tm
     workers = Counter(worker_id for _conn, worker_id in held)
     for conn, _ in held:
         conn.close()
-    assert sorted(workers.values()) == [4, 4]
+    assert sorted(workers.values()) in ([4, 4], [3, 5]), workers
 
 
 def test_least_busy_passes_over_a_frozen_idle_worker(pmx_run):
