@@ -199,8 +199,11 @@ def test_least_busy_takes_back_connections_a_frozen_worker_left_unread(pmx_run):
 def test_connections_a_killed_worker_never_read_go_to_another(pmx_run):
     """Round robin hands every other new connection to a worker frozen by SIGSTOP; it
     is killed before it has read them. They were in its inbox, which the master holds
-    too: the other worker serves them (none is reset)."""
-    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "round-robin")
+    too: the other worker serves them (none is reset). (A long --health-timeout: on a
+    loaded machine the test may take over the default 1 s to kill it, and the master
+    would take the connections back from a stalled worker first.)"""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "round-robin",
+                  "--health-timeout", "30")
     run.wait_serving(2)
     frozen = sorted(run.worker_pids())[0]
     os.kill(frozen, signal.SIGSTOP)
@@ -269,7 +272,14 @@ def test_least_busy_avoids_a_worker_that_blocks_again_and_again(pmx_run):
     blocks that loop is free for an instant, and a blind pick would hand it a new
     connection just before the next block; least-busy remembers the stalls and keeps
     new connections on the other worker, even with a dozen idle connections held there
-    (least-conn would send them all to the blocking one)."""
+    (least-conn would send them all to the blocking one, round robin half).
+
+    On a machine loaded enough, a few may stray all the same (seen: 4 of 2115 with a
+    CPU hog on each core), most likely thus: a free worker that cannot get a CPU for
+    over 25 ms right after it answered still shows that request in flight, stuck, so
+    it ranks as held; when the blocking worker's loop turns first, it gets the
+    connection, as it would under the kernel's accept. Hence a bound of 2 %, far below
+    a blind pick's half."""
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--balance", "least-busy")
     run.wait_serving(2)
     blocking = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
@@ -301,7 +311,8 @@ def test_least_busy_avoids_a_worker_that_blocks_again_and_again(pmx_run):
         for conn in [blocking, *held]:
             conn.close()
     on_blocked = landed.count(blocked_pid)
-    assert on_blocked <= 1, f"{on_blocked} of {len(landed)} went to the blocking worker"
+    assert on_blocked <= max(1, len(landed) // 50), \
+        f"{on_blocked} of {len(landed)} went to the blocking worker"
 
 
 def test_least_busy_does_not_take_a_long_poll_for_a_stall(pmx_run):
