@@ -6,6 +6,7 @@ answered twice on the way."""
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import re
 import signal
@@ -13,7 +14,7 @@ import socket
 import threading
 import time
 
-from tests.conftest import established, free_port, get, wait_for
+from tests.conftest import SteadyLoad, established, free_port, get, wait_for
 
 GET = b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -292,3 +293,46 @@ def test_with_gathering_off_connections_that_block_stay_where_they_are(pmx_run):
     while time.monotonic() < deadline:
         assert _block_rounds(pool, 1)[-1] == first
     pool.close()
+
+
+def test_a_gathered_connection_stays_on_a_worker_whose_loop_is_blocked(pmx_run):
+    """Two clients loop, each on its own kept-alive connection, on requests that block
+    the loop for 150 and 110 ms, while others send fast requests: out of step, so
+    gathering hands one to the other's worker most often in the middle of a block, and
+    it waits there unread while the other worker's loop turns. Least-busy takes unread
+    connections back from a held loop to serve them elsewhere, but not one gathered
+    there on purpose: else the two would trade places round after round."""
+    run, admin = two_workers_with_admin(pmx_run)
+    stop = threading.Event()
+    served: list[list[tuple[float, int]]] = [[], []]
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=20)
+        while not stop.is_set():
+            conn.request("GET", f"/block?ms={(150, 110)[index]}")
+            served[index].append((time.monotonic(), int(conn.getresponse().read())))
+        conn.close()
+
+    def together() -> float | None:
+        last = [answers[-2:] for answers in served]
+        pids = {pid for answers in last for _, pid in answers}
+        if len(pids) == 1 and all(len(answers) == 2 for answers in last):
+            return time.monotonic()
+        return None
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    with SteadyLoad(run.port, clients=4) as fast:
+        for thread in clients:
+            thread.start()
+        try:
+            since = wait_for(together, 20, "both blocking connections on one worker")
+            wait_for(lambda: time.monotonic() > since + 2, 5, "two seconds together")
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(20)
+    assert not fast.failures, fast.failures
+    after = [[pid for at, pid in answers if at > since] for answers in served]
+    assert len({pid for pids in after for pid in pids}) == 1, after
+    # one move gathers them; each trade of places would be two more
+    assert json.loads(get(admin, "/workers")[1])["connections_moved"] <= 2

@@ -189,16 +189,22 @@ class Dispatcher:
         return self._share(candidates, self.policy.ranks(candidates, now), fds, now)
 
     def send_to(self, worker: Worker, fds: list[int]) -> int:
-        """Hand ``fds`` to ``worker`` (another if its channel is full); returns how many
-        were sent (the rest are closed)."""
+        """Hand ``fds`` to ``worker`` to stay there even while its loop is held (another
+        worker if its channel is full); returns how many were sent (the rest are
+        closed). Gathering (pmx.master.rebalance) sends connections that block to a
+        worker whose loop they block, to wait out its blocks there: they go over its
+        channel, not its inbox, whose unread fds ``_reclaim`` takes back from a held
+        loop. Through the inbox, each one gathered came straight back to the worker it
+        left, round after round."""
         try:
-            return self._hand_off(worker, fds, time.monotonic())
+            return self._hand_off(worker, fds, time.monotonic(), worker.chan)
         finally:
             _close_all(fds)
 
-    def _hand_off(self, worker: Worker, fds: list[int], now: float) -> int:
+    def _hand_off(self, worker: Worker, fds: list[int], now: float,
+                  end: socket.socket | None = None) -> int:
         try:
-            channel.send_fds(worker.inbox or worker.chan, fds)
+            channel.send_fds(end or worker.inbox or worker.chan, fds)
             worker.handed(len(fds), now)
             self._watch_unread()
             return len(fds)
