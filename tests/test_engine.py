@@ -83,6 +83,34 @@ def test_a_worker_serves_with_its_startup_heap_frozen(pmx_run):
     assert int(frozen) > 1000  # the plain app's worker alone holds tens of thousands
 
 
+def test_a_worker_sleeps_from_one_request_to_the_next(pmx_run):
+    """A worker with no request in flight sleeps until the next connection: its loop
+    is not woken by the heartbeat that stamps the load slot while requests are in
+    flight (1 ms). With more workers than cores every such wake-up is a context switch
+    for nothing, and it was one per request."""
+    run = pmx_run("tests.apps.plain:app", "-i", "1")
+    run.wait_serving(1)
+    worker = run.workers()[0]
+
+    def request() -> None:
+        with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            while sock.recv(65536):
+                pass
+
+    requests, wakes = 40, 0
+    for _ in range(requests):
+        request()
+        wait_for(lambda: worker.status() == psutil.STATUS_SLEEPING, 5, "the worker to sleep")
+        before = worker.num_ctx_switches().voluntary
+        # The load's shape, not a wait for a state: 20 ms with no request, in which a
+        # heartbeat would have woken the loop once (and the idle tick, every 100 ms,
+        # does one time in five).
+        time.sleep(0.02)
+        wakes += worker.num_ctx_switches().voluntary - before
+    assert wakes < requests * 0.6, f"{wakes} wake-ups in {requests} idle gaps"
+
+
 def test_worker_env_and_ids(pmx_run):
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--env", "GREETING=hi", "--name", "web",
                   "--balance", "round-robin")  # two requests, one per worker

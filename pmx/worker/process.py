@@ -226,14 +226,22 @@ class WorkerServer:
         stamps the slot every HEARTBEAT seconds, with the counts as they are then: the
         master tells a loop waiting on I/O (a long poll, a WebSocket) from one stuck in
         a synchronous call, which stops stamping, and a loop serving request after
-        request does not write the slot twice per request.
+        request does not write the slot twice per request. Idle, the heartbeat is
+        cancelled: the loop sleeps until the next connection or tick, where a pending
+        beat would wake it a millisecond after each request for nothing (a context
+        switch, and with more workers than cores a cold cache for the next request).
         """
         busy = len(self.tasks) > 0
         if busy and self.shown_busy and self.beat is not None:
             return  # the heartbeat publishes within HEARTBEAT
         self.publish()
-        if busy and self.beat is None:
-            self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
+        beat = self.beat
+        if busy:
+            if beat is None:
+                self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
+        elif beat is not None:
+            beat.cancel()
+            self.beat = None
 
     def _beat(self) -> None:
         self.beat = None
