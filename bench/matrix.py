@@ -90,7 +90,7 @@ def measure_matrix(cfg: Config, chosen: list[Server], scenarios: list[Scenario],
     if not chosen:
         return runs
     for workers in cfg.workers:
-        here = [s for s in scenarios if workers in s.workers]
+        here = [s for s in scenarios if s.runs_at(workers)]
         groups = [[s for s in here if s.kind == "wrk" and s.app == app] for app in APPS]
         for repeat in range(cfg.repeats):
             shift = repeat % len(chosen)

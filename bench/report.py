@@ -42,7 +42,7 @@ class Results:
 
 
 def _workers(res: Results, scenario: Scenario) -> list[int]:
-    return [n for n in res.cfg.workers if n in scenario.workers]
+    return [n for n in res.cfg.workers if scenario.runs_at(n)]
 
 
 def _clients(scenario: Scenario, workers: int) -> str:

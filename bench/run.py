@@ -54,7 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "granian on 127.0.0.1 (see docs/benchmarks.md).",
     )
     parser.add_argument("--workers", default="2,4",
-                        help="comma-separated worker counts (default 2,4)")
+                        help="comma-separated worker counts (default 2,4); every family runs at "
+                             "any count (blockers-n-1 from 3 on): 2,4,16 adds more workers "
+                             "than cores")
     parser.add_argument("--duration", type=int, default=None,
                         help="seconds per measurement (default: each scenario's own, 10 or "
                              "15; 2 with --quick)")

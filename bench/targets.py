@@ -93,7 +93,7 @@ def scenario_rows(scenario: Scenario, runs: Runs, workers: list[int], default: S
         fmt = _times if target.relative else figure.fmt
         cells = []
         for n in workers:
-            if n not in scenario.workers:
+            if not scenario.runs_at(n):
                 cells.append("—")
                 continue
             value = target_value(target, per.get(str(n), {}), default)
@@ -103,7 +103,7 @@ def scenario_rows(scenario: Scenario, runs: Runs, workers: list[int], default: S
         cells = []
         for n in workers:
             by_server = per.get(str(n), {})
-            if n not in scenario.workers or default.key not in by_server:
+            if not scenario.runs_at(n) or default.key not in by_server:
                 cells.append("—")
                 continue
             wins = beaten_by(scenario, by_server, default, policies)
