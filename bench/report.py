@@ -182,7 +182,7 @@ def report(res: Results) -> str:
     out.append("pmx against `uvicorn --workers`, gunicorn with `uvicorn_worker.UvicornWorker` "
                "and granian, all serving the same plain apps ([bench/app.py](../bench/app.py), "
                "[bench/wsgi_app.py](../bench/wsgi_app.py)) on 127.0.0.1 with "
-               + " and ".join(str(n) for n in cfg.workers) + " workers, loaded by wrk from "
+               + _and([str(n) for n in cfg.workers]) + " workers, loaded by wrk from "
                "the same machine, in a matrix of workload families declared in "
                "[bench/scenarios.py](../bench/scenarios.py). The figures are from one run on "
                "the machine described; they say how the servers compare there, not what any "
@@ -212,3 +212,8 @@ def report(res: Results) -> str:
             ""]
     out += method(res.cfg, res.skipped, res.argv, res.seconds, res.daemon_workers)
     return "\n".join(out)
+
+
+def _and(words: list[str]) -> str:
+    """"2", "2 and 4", "2, 4 and 16"."""
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
