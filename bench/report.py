@@ -195,6 +195,7 @@ def report(res: Results) -> str:
             "```sh\n"
             "make bench                              # installs wrk and the servers, full run\n"
             "make bench BENCH_ARGS=--quick           # under 10 minutes, rough figures\n"
+            "make bench BENCH_ARGS=\"--workers 2,4,16\"  # and more workers than cores\n"
             ".venv/bin/python bench/run.py --only tail,spread --workers 2 --servers pmx,uvicorn\n"
             ".venv/bin/python bench/run.py --help    # durations, repeats, subsets, ...\n"
             "```\n",
