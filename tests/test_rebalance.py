@@ -338,6 +338,8 @@ def test_a_gathered_connection_stays_on_a_worker_whose_loop_is_blocked(pmx_run):
     assert not fast.failures, fast.failures
     after = [[pid for at, pid in answers if at > since] for answers in served]
     assert len({pid for pids in after for pid in pids}) == 1, after
-    # Gathered, nothing moves: the fast clients open a connection per request, and
-    # each trade of places would be two moves (one in 2 s at the least).
-    assert moved() == moved_then
+    # Gathered, nothing moves: the fast clients open a connection per request, and a
+    # trade of places is two moves (the old fault made one every 150 ms or so). One
+    # move may be on its way as the window closes, its next answer not in yet.
+    moved_now = moved()
+    assert moved_now - moved_then <= 1, (moved_then, moved_now, get(admin, "/workers")[1])
