@@ -189,6 +189,28 @@ def test_a_connection_is_marked_on_its_second_blocking_request_until_one_does_no
     assert counts == [(1, 0), (1, 1), (1, 0), (1, 1), (1, 0), (0, 0)]
 
 
+def test_a_connection_that_blocked_once_keeps_that_history_until_it_closes():
+    """Heavy-tailed: most requests are fast, one now and then blocks. The mark (what
+    least-busy avoids) goes with the next fast request; the history (what gathering
+    moves) stays with the connection, and its requests are counted from then on."""
+    blocks, counts = watch()
+    kept_alive = Send(Connection())
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # judged whole: a suspect
+    for _ in range(3):  # fast ones: still watched, the slow one was not explained
+        request(blocks, lambda: awaiting(0), kept_alive)
+    assert blocks.suspects == {kept_alive.connection} and not blocks.blocked
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # timed: it blocks
+    assert blocks.blocked == {kept_alive.connection} and blocks.count == 1
+    for _ in range(2):
+        request(blocks, lambda: awaiting(0), kept_alive)
+    assert blocks.count == 0 and blocks.blocked == {kept_alive.connection}
+    assert blocks.blocking_paths == {"/": None}
+    assert blocks.blocking_path_requests == 2  # the two after it: "/" had blocked then
+    blocks.forget(kept_alive.connection)
+    assert not blocks.blocked and not blocks.suspects
+    assert counts[-1] == (0, 0)
+
+
 def test_a_long_poll_is_never_marked():
     blocks, counts = watch()
     poll = Send(Connection())

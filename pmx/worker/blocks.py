@@ -23,6 +23,16 @@ will block again), each until a later request of its own completes without block
 The marks belong to the connection and the path, not to the worker: a blocking request
 on a connection that then closed says nothing about the worker's future.
 
+History. A mark answers "will the next request block?", which for heavy-tailed requests
+(most fast, one in fifty blocking for milliseconds) is nearly always no, so such a
+connection is hardly ever marked; yet its blocks hold up every connection on its
+worker, again and again. So the worker also keeps, for as long as each connection is
+open, the connections that have blocked at least once (``blocked``: what gathering
+moves, pmx.master.rebalance), and the paths that have (``blocking_paths``, the newest
+MAX_PATHS) with a count of the requests served for them (what gathering weighs). A
+connection that was slow once stays a suspect until one of its requests is seen to
+block, or it closes (a long poll thus stays one: a microsecond a request).
+
 Cost. Timing every step of every request (``Stepped``) costs about a microsecond a
 request, a few percent of a fast one. So a request is first timed as a whole, two
 clock reads: one that took less than ``BLOCK`` cannot have blocked for longer. A
@@ -157,13 +167,15 @@ class Stepped:
 
 
 class BlockWatch:
-    """The open connections whose last request blocked the loop (``marked``) or took
-    longer than BLOCK (``suspects``); the paths likewise (``paths``: True for blocked,
-    False for suspect); ``holding``, the requests in flight for a blocking path.
+    """The open connections whose last request blocked the loop (``marked``), that
+    blocked it at least once (``blocked``) or took longer than BLOCK (``suspects``); the
+    paths likewise (``paths``: True for blocked, False for suspect; ``blocking_paths``,
+    ever blocked, and ``blocking_path_requests`` served for them); ``holding``, the
+    requests in flight for a blocking path.
 
     ``connection_of(send)`` names the connection a request's ``send`` belongs to, or None
     if it is closing or unknown (pmx.worker.bridge knows how); ``forget`` is called when
-    a connection closes; ``on_change`` when the count of marked connections or
+    a connection closes; ``on_change`` when the count of marked or blocked connections or
     ``holding`` changes (the worker publishes its load slot at once).
     """
 
@@ -176,6 +188,11 @@ class BlockWatch:
         self.waited = waited  # the loop thread's run-queue wait (RunQueueWait)
         self.marked: set[object] = set()
         self.suspects: set[object] = set()
+        self.blocked: set[object] = set()  # have blocked at least once (until closed)
+        # Paths whose requests have blocked at least once (the newest MAX_PATHS), and
+        # the requests served for them: what gathering weighs (pmx.master.rebalance).
+        self.blocking_paths: dict[str, None] = {}
+        self.blocking_path_requests = 0
         self.paths: dict[str, bool] = {}
         self.holding = 0
 
@@ -185,16 +202,18 @@ class BlockWatch:
 
     def forget(self, connection: object) -> None:
         self.suspects.discard(connection)
-        if connection in self.marked:
+        if connection in self.marked or connection in self.blocked:
             self.marked.discard(connection)
+            self.blocked.discard(connection)
             self.on_change()
 
     def watched(self, send: Any) -> object | None:
         """The connection of this request if its steps are to be timed, else None."""
-        if not self.suspects and not self.marked:
+        if not self.suspects and not self.marked and not self.blocked:
             return None
         connection = self.connection_of(send)
-        if connection in self.suspects or connection in self.marked:
+        if (connection in self.suspects or connection in self.marked
+                or connection in self.blocked):
             return connection
         return None
 
@@ -237,17 +256,20 @@ class BlockWatch:
         connection = self.connection_of(send)
         if connection is None:  # closing: forget() has been or will be called
             return
+        suspect = connection in self.suspects
         self.suspects.discard(connection)
-        was = connection in self.marked
+        was = connection in self.marked, connection in self.blocked
         if connection.is_closing():  # forget() has been or will be called
             self.marked.discard(connection)
+            self.blocked.discard(connection)
         elif longest_step > self.block:
             self.marked.add(connection)
+            self.blocked.add(connection)
         else:
             self.marked.discard(connection)
-            if seconds > self.block:
-                self.suspects.add(connection)
-        if was != (connection in self.marked):
+            if seconds > self.block or (suspect and connection not in self.blocked):
+                self.suspects.add(connection)  # slow once: watched until it blocks
+        if was != (connection in self.marked, connection in self.blocked):
             self.on_change()
 
     def _judge(self, path: str, blocked: bool) -> None:
@@ -255,3 +277,7 @@ class BlockWatch:
         if path not in paths and len(paths) >= MAX_PATHS:
             del paths[next(iter(paths))]
         paths[path] = blocked
+        if blocked and path not in self.blocking_paths:
+            if len(self.blocking_paths) >= MAX_PATHS:
+                del self.blocking_paths[next(iter(self.blocking_paths))]
+            self.blocking_paths[path] = None

@@ -215,7 +215,8 @@ class WorkerServer:
         if blocks is None:
             self.slot.put(*counters, 0, 0, capacity.connections)
         else:
-            self.slot.put(*counters, blocks.count, blocks.holding, capacity.connections)
+            self.slot.put(*counters, blocks.count, blocks.holding, capacity.connections,
+                          len(blocks.blocked), blocks.blocking_path_requests)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
