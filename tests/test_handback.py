@@ -15,7 +15,7 @@ import uvloop
 
 from pmx import channel
 from pmx.config import AppConfig
-from pmx.master.rebalance import Rebalancer, gathering, releases
+from pmx.master.rebalance import Rebalancer, gather_pays, gathering, releases
 from pmx.worker.blocks import BlockWatch
 from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.handback import HandBack
@@ -292,8 +292,31 @@ def test_releases_ask_the_busiest_for_what_they_hold_beyond_an_even_share(loads,
 ])
 def test_connections_that_block_gather_on_the_fewest_workers_at_most_half(blockers, asks,
                                                                           room):
-    assert gathering(blockers) == (asks, room)
+    got_asks, got_room, half = gathering(blockers)
+    assert (got_asks, got_room) == (asks, room)
     assert sum(asks) == sum(room)
+    assert (half is None) == (sum(1 for count in blockers if count) <= max(1, len(blockers) // 2))
+
+
+@pytest.mark.parametrize(("blocked", "half", "asks", "room"), [
+    # the half gathered on before stays, even where others now hold more
+    ([0, 3, 1, 0], [0, 2], [0, 3, 0, 0], [2, 0, 1, 0]),
+    # nothing outside it: nothing moves, however few the half holds
+    ([0, 0, 5, 0], [0, 2], [0, 0, 0, 0], [0, 0, 0, 0]),
+    ([1, 1], [1], [1, 0], [0, 1]),
+])
+def test_connections_that_block_only_ever_move_into_the_half_kept(blocked, half, asks, room):
+    assert gathering(blocked, half) == (asks, room, half)
+
+
+@pytest.mark.parametrize(("served", "blocked_served", "pays"), [
+    (9000, 40, True),  # two clients whose requests block, among fast ones
+    (4800, 4800, False),  # every connection blocks now and then: nobody would gain
+    (100, 50, False),  # as many would lose as gain
+    (0, 0, False),  # nothing served: nothing to weigh
+])
+def test_gathering_pays_while_more_requests_gain_than_lose(served, blocked_served, pays):
+    assert gather_pays(served, blocked_served) is pays
 
 
 @pytest.mark.parametrize("loop", LOOPS)

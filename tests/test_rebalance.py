@@ -266,6 +266,7 @@ def one_on_each_worker(port: int) -> tuple[Pool, list[int]]:
 
 
 def test_two_connections_that_block_gather_on_one_worker_and_leave_the_other_free(pmx_run):
+    """Beside fast clients (whom gathering spares: without them it would not pay)."""
     run, admin = two_workers_with_admin(pmx_run)
     pool, _pids = one_on_each_worker(run.port)
 
@@ -273,7 +274,9 @@ def test_two_connections_that_block_gather_on_one_worker_and_leave_the_other_fre
         pids = _block_rounds(pool, 3)[-1]
         return pids[0] if len(set(pids)) == 1 else None
 
-    blocking = wait_for(gathered, 20, "both blocking connections on one worker")
+    with SteadyLoad(run.port, clients=2) as fast:
+        blocking = wait_for(gathered, 20, "both blocking connections on one worker")
+    assert not fast.failures, fast.failures[:3]
     # They stay together, and new connections go to the other worker, whose loop is free.
     assert set(_block_rounds(pool, 5)[-1]) == {blocking}
     for _ in range(5):
@@ -285,14 +288,26 @@ def test_two_connections_that_block_gather_on_one_worker_and_leave_the_other_fre
     pool.close()
 
 
-def test_with_gathering_off_connections_that_block_stay_where_they_are(pmx_run):
-    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log", "--rebalance", "drain")
-    run.wait_serving(2)
-    pool, first = one_on_each_worker(run.port)
-    deadline = time.monotonic() + 2
+def _stay_where_they_are(port: int, seconds: float) -> None:
+    pool, first = one_on_each_worker(port)
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert _block_rounds(pool, 1)[-1] == first
     pool.close()
+
+
+def test_with_gathering_off_connections_that_block_stay_where_they_are(pmx_run):
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log", "--rebalance", "drain")
+    run.wait_serving(2)
+    _stay_where_they_are(run.port, 2)
+
+
+def test_connections_that_block_with_nobody_to_spare_stay_where_they_are(pmx_run):
+    """Every request blocks: gathering the two connections on one worker would only
+    make each wait for the other's blocks, and nobody would gain (gather_pays)."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log")
+    run.wait_serving(2)
+    _stay_where_they_are(run.port, 2)
 
 
 def test_a_gathered_connection_stays_on_a_worker_whose_loop_is_blocked(pmx_run):

@@ -2,7 +2,7 @@
 
 The master asks for connections in three ways (pmx.channel): ``L`` N, *release* up to N
 now (a worker joined the rotation and this one holds more than its share); ``K`` N,
-*gather*: hand back up to N connections that block (marked by pmx.worker.blocks), which
+*gather*: hand back up to N connections that have blocked the loop (pmx.worker.blocks), which
 the master gathers on fewer workers; and ``S`` 1, *stop handing back* (this worker
 drains: every kept-alive connection goes back as it turns idle, instead of being
 closed). A release leaves connections that block where they are: evened out by count,
@@ -102,7 +102,7 @@ class HandBack:
         """The message this connection would go back in now (``B``, or ``G`` if it
         blocks), or None if it stays: not asked for, or not movable."""
         blocks = self.blocks
-        if blocks is not None and protocol.transport in blocks.marked:
+        if blocks is not None and protocol.transport in blocks.blocked:
             kind, asked = channel.GATHERED, self.gathering
         else:
             kind, asked = channel.HAND_BACK, self.wanted
