@@ -124,8 +124,9 @@ class AppConfig:
             "joins the rotation (scale-up, a respawn) the busiest workers hand it their "
             "excess. `drain`: a draining worker (reload, recycling, scale-down) hands its "
             "connections on instead of closing them. `gather` (with `least-busy`): "
-            "connections whose requests block the event loop are gathered on at most half "
-            "the workers, leaving the other loops free. `all`: all "
+            "connections whose requests have blocked the event loop (every time, or now "
+            "and then) are gathered on at most half the workers, leaving the other loops "
+            "free, while more requests gain from it than lose. `all`: all "
             "three; `off`: each connection stays on its first worker. See "
             "[architecture.md](architecture.md#moving-kept-alive-connections-rebalancing).",
     )
