@@ -192,21 +192,26 @@ def test_a_connection_is_marked_on_its_second_blocking_request_until_one_does_no
 def test_a_connection_that_blocked_once_keeps_that_history_until_it_closes():
     """Heavy-tailed: most requests are fast, one now and then blocks. The mark (what
     least-busy avoids) goes with the next fast request; the history (what gathering
-    moves) stays with the connection, and its requests are counted from then on."""
+    moves) stays with the connection. Once its path is known to block, another
+    connection has that history from its first slow request on."""
     blocks, counts = watch()
     kept_alive = Send(Connection())
     request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # judged whole: a suspect
-    for _ in range(3):  # fast ones: still watched, the slow one was not explained
-        request(blocks, lambda: awaiting(0), kept_alive)
-    assert blocks.suspects == {kept_alive.connection} and not blocks.blocked
     request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # timed: it blocks
     assert blocks.blocked == {kept_alive.connection} and blocks.count == 1
+    assert blocks.blocking_paths == {"/": None}
     for _ in range(2):
         request(blocks, lambda: awaiting(0), kept_alive)
     assert blocks.count == 0 and blocks.blocked == {kept_alive.connection}
-    assert blocks.blocking_paths == {"/": None}
+    assert not blocks.suspects  # a fast request clears the suspicion: no cost after
     assert blocks.blocking_path_requests == 2  # the two after it: "/" had blocked then
-    blocks.forget(kept_alive.connection)
+    other = Send(Connection())
+    request(blocks, lambda: awaiting(0), other)
+    assert other.connection not in blocks.blocked
+    request(blocks, lambda: blocking(BLOCK * 2), other)  # judged whole, on a blocking path
+    assert blocks.blocked == {kept_alive.connection, other.connection}
+    for connection in (kept_alive.connection, other.connection):
+        blocks.forget(connection)
     assert not blocks.blocked and not blocks.suspects
     assert counts[-1] == (0, 0)
 

@@ -30,8 +30,11 @@ worker, again and again. So the worker also keeps, for as long as each connectio
 open, the connections that have blocked at least once (``blocked``: what gathering
 moves, pmx.master.rebalance), and the paths that have (``blocking_paths``, the newest
 MAX_PATHS) with a count of the requests served for them (what gathering weighs). A
-connection that was slow once stays a suspect until one of its requests is seen to
-block, or it closes (a long poll thus stays one: a microsecond a request).
+request judged whole that took longer than BLOCK, for a path that has blocked, counts
+as a block of its connection: a heavy-tailed connection is known at its first slow
+request. (Watching every connection that was slow once until it blocks would time, on
+a busy machine, every request of every kept-alive connection a preemption once made
+slow: measured, a fifth more CPU per keep-alive request.)
 
 Cost. Timing every step of every request (``Stepped``) costs about a microsecond a
 request, a few percent of a fast one. So a request is first timed as a whole, two
@@ -241,6 +244,9 @@ class BlockWatch:
             connection = self.connection_of(send)
             if connection is not None:
                 self.suspects.add(connection)
+                if path in self.blocking_paths and connection not in self.blocked:
+                    self.blocked.add(connection)  # slow, for a path that blocks: it did
+                    self.on_change()
             self._judge(path, False)
 
     def stepped(self, send: Any, path: str, seconds: float, longest_step: float) -> None:
@@ -256,7 +262,6 @@ class BlockWatch:
         connection = self.connection_of(send)
         if connection is None:  # closing: forget() has been or will be called
             return
-        suspect = connection in self.suspects
         self.suspects.discard(connection)
         was = connection in self.marked, connection in self.blocked
         if connection.is_closing():  # forget() has been or will be called
@@ -267,8 +272,8 @@ class BlockWatch:
             self.blocked.add(connection)
         else:
             self.marked.discard(connection)
-            if seconds > self.block or (suspect and connection not in self.blocked):
-                self.suspects.add(connection)  # slow once: watched until it blocks
+            if seconds > self.block:
+                self.suspects.add(connection)
         if was != (connection in self.marked, connection in self.blocked):
             self.on_change()
 
