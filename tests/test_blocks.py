@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pmx.worker.blocks import MAX_PATHS, BlockWatch, RunQueueWait, Stepped
+from pmx.worker.blocks import MAX_PATHS, VISIT, BlockWatch, RunQueueWait, Stepped
 from pmx.worker.hooks import RequestHooks
 
 # The tests' threshold for a blocking step, not pmx's (3 ms): a loaded machine adds
@@ -189,6 +189,31 @@ def test_a_connection_is_marked_on_its_second_blocking_request_until_one_does_no
     assert counts == [(1, 0), (1, 1), (1, 0), (1, 1), (1, 0), (0, 0)]
 
 
+def test_a_connection_served_counts_one_visit_a_window_by_kind():
+    """What gathering weighs: each connection once per VISIT window, as blocking if it
+    has blocked or asked for a path that has, else as calm; whatever its rate."""
+    blocks, _counts = watch()
+    blocks.blocking_paths["/slow"] = None
+    calm, slow, known = (Send(Connection()) for _ in range(3))
+    blocks.blocked.add(known.connection)
+    start = 10000.5 * VISIT  # mid-window: float steps stay inside it
+    for step in range(10):  # ten requests each within one window
+        now = start + step * VISIT / 20
+        blocks.visit(calm, "/fast", now)
+        blocks.visit(slow, "/slow", now)
+        blocks.visit(known, "/fast", now)
+    assert (blocks.calm_visits, blocks.blocking_visits) == (1, 2)
+    blocks.visit(calm, "/fast", start + VISIT)  # the next window
+    blocks.visit(calm, "/slow", start + VISIT)  # both kinds within it
+    assert (blocks.calm_visits, blocks.blocking_visits) == (2, 3)
+    closing = Send(Connection())
+    closing.connection.closing = True
+    blocks.visit(closing, "/fast", start + VISIT)  # closing: nobody to count
+    assert (blocks.calm_visits, blocks.blocking_visits) == (2, 3)
+    request(blocks, lambda: awaiting(0), Send(Connection()), "/fast")  # through the hooks
+    assert (blocks.calm_visits, blocks.blocking_visits) == (3, 3)
+
+
 def test_a_connection_that_blocked_once_keeps_that_history_until_it_closes():
     """Heavy-tailed: most requests are fast, one now and then blocks. The mark (what
     least-busy avoids) goes with the next fast request; the history (what gathering
@@ -204,7 +229,6 @@ def test_a_connection_that_blocked_once_keeps_that_history_until_it_closes():
         request(blocks, lambda: awaiting(0), kept_alive)
     assert blocks.count == 0 and blocks.blocked == {kept_alive.connection}
     assert not blocks.suspects  # a fast request clears the suspicion: no cost after
-    assert blocks.blocking_path_requests == 2  # the two after it: "/" had blocked then
     other = Send(Connection())
     request(blocks, lambda: awaiting(0), other)
     assert other.connection not in blocks.blocked

@@ -35,15 +35,18 @@ balancing policy, as if it had just been accepted. Three uses:
   fewer: on one loop each such connection waits out the others' blocks, so the fewer
   loops they share the slower each gets; half leaves the rest of the traffic at least
   half the loops, and nothing moves where they already are (two such connections on
-  two of four workers). And only while it pays (``gather_pays``): while more of the
-  requests served in the last round were for paths that never blocked than for paths
-  that did. Gathering slows the one kind to spare the other; where every path blocks
-  now and then, nobody gains, and without this rule gathering them on half the
-  workers halved what such an app served (measured: 64 kept-alive clients on a
-  heavy-tailed path, 4 workers, 2.6k against 4.9k requests a second). Paths, not
-  connections: a path's history is learned at its first blocks, each connection's only
-  at its own, and weighed by connections the first ones found were gathered while
-  still a minority. A release for a
+  two of four workers). And only while it pays (``gather_pays``): while the last
+  round had more calm visits than blocking ones (pmx.worker.blocks: connections
+  served, once per round, whose requests were for paths that never blocked, against
+  those whose were for paths that have, or that have blocked themselves). Gathering
+  slows the one kind to spare the other; where every path blocks now and then, nobody
+  gains, and without this rule gathering them on half the workers halved what such an
+  app served (measured: 64 kept-alive clients on a heavy-tailed path, 4 workers, 2.6k
+  against 4.9k requests a second). A visit is blocking by its path, not only by its
+  connection's own history: a path is learned at its first blocks, each connection
+  only at its own, and weighed by connections that have blocked, the first ones found
+  were gathered while still a minority. Visits, not requests: clients whose requests
+  wait out blocks send fewer of them. A release for a
   join (``L``) never moves a connection that has blocked: evened out by count, it
   would land on a worker that holds none. Nor does gathering run while a join is
   evened out: a gathered connection is known for what it is only once a request on
@@ -112,14 +115,14 @@ def gathering(blocked: Sequence[int], half: Sequence[int] | None = None,
     return asks, room, list(half)
 
 
-def gather_pays(served: int, blocked_served: int) -> bool:
-    """Whether gathering pays, from the requests served lately (``served``) and those
-    of them for paths that have blocked (``blocked_served``). Gathering
-    slows those (a request that blocks waits for the others' blocks, up to twofold) to
-    keep every other request away from their blocks: it pays while more requests gain
-    than lose. Where every connection blocks now and then, none gains, and gathering
-    them on half the workers would halve what the app serves."""
-    return served - blocked_served > blocked_served
+def gather_pays(calm: int, blocking: int) -> bool:
+    """Whether gathering pays, from the visits of the last round (pmx.worker.blocks):
+    ``calm``, of clients whose requests could not block, and ``blocking``, of those
+    whose could. Gathering slows the blocking ones (each waits for the others' blocks,
+    up to twofold) to keep the calm ones away from their blocks: it pays while more
+    clients gain than lose. Where every client blocks now and then, none gains, and
+    gathering them on half the workers would halve what the app serves."""
+    return calm > blocking
 
 
 class Rebalancer:
@@ -135,7 +138,7 @@ class Rebalancer:
         self.gather_timer: asyncio.TimerHandle | None = None
         self.room: dict[int, int] = {}  # worker id: connections that block it should take
         self.half: list[int] | None = None  # ids of the workers they gather on
-        self.counted: dict[int, tuple[int, int]] = {}  # id: (requests, blocking-path ones)
+        self.counted: dict[int, tuple[int, int]] = {}  # id: (calm, blocking visits)
 
     def start(self) -> None:
         """Start looking at where the connections that block are (``gather``)."""
@@ -186,13 +189,13 @@ class Rebalancer:
         if self.dispatch.closed or len(rotation) < 2 or self.timer is not None:
             return  # (not while a join is evened out: see the module docstring)
         reports = [w.report for w in rotation]
-        served = blocked_served = 0
+        calm = blocking = 0
         counted: dict[int, tuple[int, int]] = {}
         for worker, report in zip(rotation, reports, strict=True):
-            counted[worker.id] = now = (report.requests, report.blocking_requests)
+            counted[worker.id] = now = (report.calm_visits, report.blocking_visits)
             before = self.counted.get(worker.id, now)
-            served += now[0] - before[0]
-            blocked_served += now[1] - before[1]
+            calm += now[0] - before[0]
+            blocking += now[1] - before[1]
         self.counted = counted
         ids = [w.id for w in rotation]
         half = self.half
@@ -202,7 +205,7 @@ class Rebalancer:
         asks, room, chosen = gathering([r.blocked for r in reports],
                                        None if half is None else [ids.index(i) for i in half])
         self.half = None if chosen is None else [ids[i] for i in chosen]
-        if not gather_pays(served, blocked_served):
+        if not gather_pays(calm, blocking):
             asks = room = [0] * len(rotation)
         self.room = {w.id: count for w, count in zip(rotation, room, strict=True) if count}
         for worker, count in zip(rotation, asks, strict=True):

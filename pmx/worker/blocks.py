@@ -29,12 +29,22 @@ connection is hardly ever marked; yet its blocks hold up every connection on its
 worker, again and again. So the worker also keeps, for as long as each connection is
 open, the connections that have blocked at least once (``blocked``: what gathering
 moves, pmx.master.rebalance), and the paths that have (``blocking_paths``, the newest
-MAX_PATHS) with a count of the requests served for them (what gathering weighs). A
-request judged whole that took longer than BLOCK, for a path that has blocked, counts
-as a block of its connection: a heavy-tailed connection is known at its first slow
+MAX_PATHS). A request judged whole that took longer than BLOCK, for a path that has
+blocked, counts as a block of its connection: a heavy-tailed connection is known at its first slow
 request. (Watching every connection that was slow once until it blocks would time, on
 a busy machine, every request of every kept-alive connection a preemption once made
 slow: measured, a fifth more CPU per keep-alive request.)
+
+Visits. What gathering weighs is who it spares against who it slows: the clients
+served lately whose requests could not block, against those whose could. Counted as
+*visits*, a connection served at least once within a VISIT-long window, by kind: a
+*blocking* visit if the connection has blocked or asked for a path that has, else a
+*calm* one. Not requests: a closed-loop client whose requests wait out blocks sends
+fewer of them, so counting requests undercounts exactly the clients gathering would
+spare (measured: two clients blocking back to back on two workers kept two fast
+clients below half the requests, and gathering never started). A kept-alive client
+counts once per window whatever its rate; a client opening a connection per request
+counts once per request, as the new clients they are.
 
 Cost. Timing every step of every request (``Stepped``) costs about a microsecond a
 request, a few percent of a fast one. So a request is first timed as a whole, two
@@ -75,6 +85,9 @@ MAX_PATHS = 1024
 # the worker's connections and one runs it; a connection handed over but not yet
 # adopted needs one more.
 YIELDS = 4
+# Seconds of one window in which each connection served counts as one visit: the
+# master's GATHER_ROUND (pmx.master.rebalance), which weighs the visits of a round.
+VISIT = 0.1
 
 
 class RunQueueWait:
@@ -173,8 +186,9 @@ class BlockWatch:
     """The open connections whose last request blocked the loop (``marked``), that
     blocked it at least once (``blocked``) or took longer than BLOCK (``suspects``); the
     paths likewise (``paths``: True for blocked, False for suspect; ``blocking_paths``,
-    ever blocked, and ``blocking_path_requests`` served for them); ``holding``, the
-    requests in flight for a blocking path.
+    ever blocked); ``holding``, the requests in flight for a blocking path; and
+    ``calm_visits`` and ``blocking_visits`` (``visit``), the connections served, once
+    per VISIT window, by kind.
 
     ``connection_of(send)`` names the connection a request's ``send`` belongs to, or None
     if it is closing or unknown (pmx.worker.bridge knows how); ``forget`` is called when
@@ -192,10 +206,12 @@ class BlockWatch:
         self.marked: set[object] = set()
         self.suspects: set[object] = set()
         self.blocked: set[object] = set()  # have blocked at least once (until closed)
-        # Paths whose requests have blocked at least once (the newest MAX_PATHS), and
-        # the requests served for them: what gathering weighs (pmx.master.rebalance).
+        # Paths whose requests have blocked at least once (the newest MAX_PATHS).
         self.blocking_paths: dict[str, None] = {}
-        self.blocking_path_requests = 0
+        self.calm_visits = self.blocking_visits = 0
+        self.window = 0  # the VISIT window the two sets below are for
+        self.seen_calm: set[object] = set()
+        self.seen_blocking: set[object] = set()
         self.paths: dict[str, bool] = {}
         self.holding = 0
 
@@ -219,6 +235,25 @@ class BlockWatch:
                 or connection in self.blocked):
             return connection
         return None
+
+    def visit(self, send: Any, path: str, now: float) -> None:
+        """A request (its ``send``) for ``path`` starts at ``now`` (perf_counter):
+        count its connection's visit, once per VISIT window and kind."""
+        window = int(now / VISIT)
+        if window != self.window:
+            self.window = window
+            self.seen_calm.clear()
+            self.seen_blocking.clear()
+        connection = self.connection_of(send)
+        if connection is None:
+            return
+        if path in self.blocking_paths or connection in self.blocked:
+            if connection not in self.seen_blocking:
+                self.seen_blocking.add(connection)
+                self.blocking_visits += 1
+        elif connection not in self.seen_calm:
+            self.seen_calm.add(connection)
+            self.calm_visits += 1
 
     async def hold(self) -> None:
         """A request for a blocking path starts: say so (the master hands this worker

@@ -50,9 +50,8 @@ class RequestHooks:
                 connection = blocks.watched(send)
                 path = scope.get("path", "")
                 blocked = blocks.paths.get(path)  # None: never slow; True: it blocked
-                if path in blocks.blocking_paths:
-                    blocks.blocking_path_requests += 1
                 started = perf_counter()
+                blocks.visit(send, path, started)
                 if connection is None and blocked is None:
                     try:
                         await app(scope, receive, respond)

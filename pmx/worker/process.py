@@ -216,7 +216,7 @@ class WorkerServer:
             self.slot.put(*counters, 0, 0, capacity.connections)
         else:
             self.slot.put(*counters, blocks.count, blocks.holding, capacity.connections,
-                          len(blocks.blocked), blocks.blocking_path_requests)
+                          len(blocks.blocked), blocks.calm_visits, blocks.blocking_visits)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
