@@ -228,11 +228,10 @@ class BlockWatch:
 
     def watched(self, send: Any) -> object | None:
         """The connection of this request if its steps are to be timed, else None."""
-        if not self.suspects and not self.marked and not self.blocked:
+        if not self.suspects and not self.marked:
             return None
         connection = self.connection_of(send)
-        if (connection in self.suspects or connection in self.marked
-                or connection in self.blocked):
+        if connection in self.suspects or connection in self.marked:
             return connection
         return None
 
