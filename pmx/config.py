@@ -126,7 +126,7 @@ class AppConfig:
             "connections on instead of closing them. `gather` (with `least-busy`): "
             "connections whose requests have blocked the event loop (every time, or now "
             "and then) are gathered on at most half the workers, leaving the other loops "
-            "free, while more requests gain from it than lose. `all`: all "
+            "free, while more clients gain from it than lose. `all`: all "
             "three; `off`: each connection stays on its first worker. See "
             "[architecture.md](architecture.md#moving-kept-alive-connections-rebalancing).",
     )
