@@ -30,10 +30,12 @@ worker, again and again. So the worker also keeps, for as long as each connectio
 open, the connections that have blocked at least once (``blocked``: what gathering
 moves, pmx.master.rebalance), and the paths that have (``blocking_paths``, the newest
 MAX_PATHS). A request judged whole that took longer than BLOCK, for a path that has
-blocked, counts as a block of its connection: a heavy-tailed connection is known at its first slow
-request. (Watching every connection that was slow once until it blocks would time, on
-a busy machine, every request of every kept-alive connection a preemption once made
-slow: measured, a fifth more CPU per keep-alive request.)
+blocked, counts as a block of its connection: a heavy-tailed connection is known at its
+first slow request. Such connections are not timed step by step for that (measured, a
+fifth more CPU per request where every path is heavy-tailed), nor is every connection
+that was slow once until it blocks (on a busy machine, that times every request of each
+kept-alive connection a preemption once made slow: a fifth more CPU per keep-alive
+request).
 
 Visits. What gathering weighs is who it spares against who it slows: the clients
 served lately whose requests could not block, against those whose could. Counted as
