@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pmx.worker.blocks import MAX_PATHS, VISIT, BlockWatch, RunQueueWait, Stepped
+from pmx.worker.blocks import MAX_PATHS, STEP_COST, VISIT, BlockWatch, SchedStat, Stepped
 from pmx.worker.hooks import RequestHooks
 
 # The tests' threshold for a blocking step, not pmx's (3 ms): a loaded machine adds
@@ -104,24 +104,26 @@ def test_stepped_passes_exceptions_and_cancellation_through():
     asyncio.run(main())
 
 
-class QueueClock:
-    """Stands for RunQueueWait: each read after the first says the thread waited
-    ``per_read`` seconds more for a CPU."""
+class SchedClock:
+    """Stands for SchedStat: each read after the first says the thread waited
+    ``waits`` seconds more for a CPU, ran ``runs`` seconds more on one, and was switched
+    out and back in once more if it ``sleeps`` (a blocking call, or a preemption)."""
 
-    def __init__(self, per_read: float) -> None:
-        self.per_read = per_read
-        self.waited = -per_read
+    def __init__(self, waits: float = 0.0, runs: float = 0.0, sleeps: bool = True) -> None:
+        self.waits, self.runs, self.sleeps = waits, runs, sleeps
+        self.reads = 0
 
-    def __call__(self) -> float:
-        self.waited += self.per_read
-        return self.waited
+    def __call__(self) -> tuple[float, float, int]:
+        reads = self.reads
+        self.reads += 1
+        return reads * self.runs, reads * self.waits, reads if self.sleeps else 0
 
 
 def test_a_step_does_not_count_the_time_its_thread_waited_for_a_cpu():
     async def main() -> tuple[float, float]:
-        preempted = Stepped(blocking(BLOCK * 3), QueueClock(BLOCK * 2.5))
+        preempted = Stepped(blocking(BLOCK * 3), SchedClock(waits=BLOCK * 2.5))
         await preempted
-        blocked = Stepped(blocking(BLOCK * 3), QueueClock(0.0))
+        blocked = Stepped(blocking(BLOCK * 3), SchedClock())
         await blocked
         return preempted.longest, blocked.longest
 
@@ -129,10 +131,25 @@ def test_a_step_does_not_count_the_time_its_thread_waited_for_a_cpu():
     assert preempted < BLOCK <= BLOCK * 3 <= blocked
 
 
+def test_a_step_does_not_count_the_time_stolen_from_its_cpu():
+    """On a virtual machine the hypervisor may take the CPU away mid-step: the thread was
+    never switched out, and ran for less than the step's wall time. A step that ran on
+    its CPU all along (a CPU-bound view) still counts whole."""
+    async def main() -> tuple[float, float]:
+        stolen = Stepped(blocking(BLOCK * 3), SchedClock(runs=BLOCK / 10, sleeps=False))
+        await stolen
+        busy = Stepped(blocking(BLOCK * 3), SchedClock(runs=BLOCK * 3, sleeps=False))
+        await busy
+        return stolen.longest, busy.longest
+
+    stolen, busy = asyncio.run(main())
+    assert stolen < BLOCK <= BLOCK * 3 <= busy
+
+
 def test_a_path_preempted_on_a_busy_machine_is_not_marked():
     """Requests that took 2 BLOCK, all of it waiting for a CPU, leave their connection
     and path at most suspect: their code did not block the loop."""
-    blocks = BlockWatch(connection_of, block=BLOCK, waited=QueueClock(BLOCK * 2))
+    blocks = BlockWatch(connection_of, block=BLOCK, sched=SchedClock(waits=BLOCK * 2))
     kept_alive = Send(Connection())
     for _ in range(3):
         request(blocks, lambda: blocking(BLOCK * 2), kept_alive, "/fast")
@@ -142,9 +159,9 @@ def test_a_path_preempted_on_a_busy_machine_is_not_marked():
 def test_run_queue_wait_grows_while_the_thread_shares_its_cpu():
     """The real clock: pinned to one CPU with a busy process, this thread spends about
     half of a busy step waiting for it, and the step counts only the other half."""
-    waited = RunQueueWait()
-    if waited.fd < 0:
-        pytest.skip("this kernel keeps no run-queue wait (/proc/thread-self/schedstat)")
+    sched = SchedStat()
+    if sched() is None:
+        pytest.skip("this kernel keeps no scheduler counts (/proc/thread-self/schedstat)")
     allowed = os.sched_getaffinity(0)
     cpu = {min(allowed)}
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -158,17 +175,19 @@ def test_run_queue_wait_grows_while_the_thread_shares_its_cpu():
                 pass
 
         async def main() -> tuple[float, float]:
-            before = waited()
-            step = Stepped(busy(0.2), waited)
+            before = sched()
+            step = Stepped(busy(0.2), sched)
             await step
-            return waited() - before, step.longest
+            after = sched()
+            assert before is not None and after is not None
+            return after[1] - before[1], step.longest
 
         queued, longest = asyncio.run(main())
     finally:
         os.sched_setaffinity(0, allowed)
         hog.kill()
         hog.wait()
-        waited.close()
+        sched.close()
     assert queued > 0.04, f"waited {queued:.3f} s for the CPU in a 0.2 s busy step"
     assert longest < 0.2 - 0.04
 
@@ -346,6 +365,37 @@ def test_other_paths_are_not_held_and_a_path_that_stops_blocking_is_forgotten():
     once(blocks, lambda: awaiting(BLOCK * 4), "/poll")
     once(blocks, lambda: awaiting(BLOCK * 4), "/poll")
     assert blocks.paths == {"/poll": False}  # slow but awaiting: suspect, never holding
+
+
+def test_a_path_slow_now_and_then_is_searched_until_a_slow_request_says_why():
+    """A heavy-tailed path: its slow request, timed whole, cannot say whether it blocked
+    or awaited. Its next requests are fast, and say nothing either; the path stays
+    watched through them, so its next slow request is timed step by step and it is
+    known to block."""
+    blocks, _ = watch()
+    once(blocks, lambda: blocking(BLOCK * 2), "/tail")  # timed whole: slow, why?
+    assert blocks.paths == {"/tail": False}
+    for _ in range(5):
+        once(blocks, lambda: awaiting(0), "/tail")
+    assert blocks.paths == {"/tail": False} and not blocks.blocking_paths
+    once(blocks, lambda: blocking(BLOCK * 2), "/tail")
+    assert "/tail" in blocks.blocking_paths
+
+
+def test_the_search_costs_no_more_than_the_slow_request_that_started_it():
+    """Fast requests end the search once timing them step by step has cost the loop as
+    much as the slow request that made the path suspect; the path is then timed whole
+    again."""
+    blocks, _ = watch()
+    send = Send(Connection())
+    slow = BLOCK * 1.5
+    blocks.took(send, "/sometimes", slow)
+    searched = 0
+    while blocks.paths.get("/sometimes") is False:
+        blocks.stepped(send, "/sometimes", 0.0001, 0.0001)
+        searched += 1
+    assert "/sometimes" not in blocks.paths and not blocks.search
+    assert abs(searched * STEP_COST - slow) <= STEP_COST * 2
 
 
 def test_the_paths_remembered_are_bounded():

@@ -58,19 +58,32 @@ connections, and for suspect and marked paths, are timed step by step, which tel
 blocking from awaiting, and each such request judges both its connection and its path.
 A path is thus marked on its second blocking request, a connection on its second, or
 on its first for a path already marked (a connection gathered from another worker is
-marked again at once), and a long poll is never marked.
+marked again at once), and a long poll is never marked. A suspect path's requests are
+timed step by step until one of them is slow again, which says whether it blocks or
+awaits, or until timing them has cost as much loop time as the slow request that made
+it suspect (its seconds over STEP_COST: a thousand requests at the least): the
+search costs at most what its evidence did. A path that blocks one request in fifty
+is thus known within a hundred or so of its requests; ended at its first fast one,
+the search found it only when two slow requests came back to back (measured: a
+heavy-tailed path, 2 workers, took a second or more to be learned on each).
 
 Preemption. A step's wall time is also what the loop's thread waited for a CPU while
 runnable: on a machine whose cores are all busy the scheduler leaves a runnable thread
 waiting for up to its period (6 to 24 ms), and a step of a fast path that happened to be
-preempted would look like a block. That wait says nothing about the step's code, and
-marking a fast path for it makes the master keep connections away from a free worker.
-So a step longer than BLOCK counts its wall time less the thread's run-queue wait
-since its request started (``RunQueueWait``: the kernel's count in
-/proc/thread-self/schedstat, about a microsecond a read, read when a watched request
-starts and after each of its steps longer than BLOCK). That is at least the wait
-during the step, so a step judged blocking did block; at worst, a request preempted
-before a blocking step has that step judged too short (a later request judges again).
+preempted would look like a block. On a virtual machine it is also the time the
+hypervisor took the CPU itself away (steal time), which the thread does not see at all.
+Neither says anything about the step's code, and marking a fast path for it makes the
+master keep connections away from a free worker (measured: under 10 to 20 % steal,
+dozens of fast requests a second were judged blocking, and a path that never blocks
+counted as one that does). So a step longer than BLOCK counts its wall time less the
+thread's run-queue wait since its request started, and, if the thread was never
+switched out since then (it did not sleep in a blocking call, nor was it preempted),
+at most the CPU time it ran meanwhile: what is left of its wall time was stolen
+(``SchedStat``: the kernel's counts in /proc/thread-self/schedstat, about a
+microsecond a read, read when a watched request starts and after each of its steps
+longer than BLOCK). Both are at least what was not the step's own, so a step judged
+blocking did block; at worst, a request preempted before a blocking step has that
+step judged too short (a later request judges again).
 """
 
 from __future__ import annotations
@@ -86,6 +99,9 @@ from typing import Any
 BLOCK = 0.003
 # The most paths remembered as suspect or blocking.
 MAX_PATHS = 1024
+# Seconds a request timed step by step costs more than one timed as a whole (Stepped,
+# measured: about 3 µs): what a suspect path's search is counted in.
+STEP_COST = 3e-6
 # Loop iterations a request for a blocking path lets go by before it runs (see
 # BlockWatch.hold): one runs the requests already parsed, one reads what has arrived on
 # the worker's connections and one runs it; a connection handed over but not yet
@@ -96,11 +112,13 @@ YIELDS = 4
 VISIT = 0.1
 
 
-class RunQueueWait:
-    """Callable: the seconds the calling thread has spent runnable but waiting for a
-    CPU since it started (the second field of /proc/thread-self/schedstat). The file is
-    opened once, by the thread it describes (the event loop's); where the kernel does
-    not keep the count, the wait is always 0 and steps count their wall time."""
+class SchedStat:
+    """Callable: what the kernel counts of the calling thread since it started, from
+    /proc/thread-self/schedstat: ``(ran, waited, switches)``, the seconds it ran on a
+    CPU, the seconds it spent runnable but waiting for one, and how many times it was
+    switched in. The file is opened once, by the thread it describes (the event
+    loop's); where the kernel does not keep the counts, it gives None and steps count
+    their wall time."""
 
     __slots__ = ("fd",)
 
@@ -115,16 +133,17 @@ class RunQueueWait:
         except (OSError, ValueError, IndexError):
             self.close()
 
-    def _read(self) -> float:
-        return int(os.pread(self.fd, 64, 0).split()[1]) * 1e-9
+    def _read(self) -> tuple[float, float, int]:
+        ran, waited, switches = os.pread(self.fd, 96, 0).split()[:3]
+        return int(ran) * 1e-9, int(waited) * 1e-9, int(switches)
 
-    def __call__(self) -> float:
+    def __call__(self) -> tuple[float, float, int] | None:
         if self.fd < 0:
-            return 0.0
+            return None
         try:
             return self._read()
         except (OSError, ValueError, IndexError):
-            return 0.0
+            return None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -132,29 +151,31 @@ class RunQueueWait:
             self.fd = -1
 
 
-def no_wait() -> float:
-    return 0.0
+Sched = Callable[[], "tuple[float, float, int] | None"]
+
+
+def no_sched() -> None:
+    return None
 
 
 class Stepped:
-    """Awaitable that runs ``coro`` and keeps in ``longest`` its longest step. A step
-    longer than ``block`` counts its wall time less what ``waited`` (a clock of
-    run-queue wait: ``RunQueueWait``) grew by since the request started: at least what
-    the thread waited for a CPU during the step, so what is left is at most the step's
-    own time, and a step judged blocking did block. One read when the request starts
-    and one for each step longer than ``block``, not two for every step: a read costs
-    about a microsecond, and a fast request has a few steps (measured, stepping a
-    three-step request cost 8 to 10 µs with a read around each step)."""
+    """Awaitable that runs ``coro`` and keeps in ``longest`` its longest step, the wall
+    time of each step less what was not the step's own (the module docstring,
+    Preemption). ``sched`` is the loop thread's clock (``SchedStat``), read when the
+    request starts and after each step longer than ``block``: not around every step,
+    since a read costs about a microsecond and a fast request has a few steps
+    (measured, stepping a three-step request cost 8 to 10 µs with a read around each
+    step, 3 µs with these)."""
 
-    __slots__ = ("coro", "longest", "waited", "block", "queued")
+    __slots__ = ("coro", "longest", "sched", "block", "started")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any],
-                 waited: Callable[[], float] = no_wait, block: float = BLOCK) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], sched: Sched = no_sched,
+                 block: float = BLOCK) -> None:
         self.coro = coro
         self.longest = 0.0
-        self.waited = waited
+        self.sched = sched
         self.block = block
-        self.queued = waited()
+        self.started = sched()
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self  # type: ignore[return-value]
@@ -182,9 +203,19 @@ class Stepped:
     def _count(self, spent: float) -> None:
         if spent > self.longest:
             if spent > self.block:
-                spent -= self.waited() - self.queued
+                spent = self._own(spent)
             if spent > self.longest:
                 self.longest = spent
+
+    def _own(self, spent: float) -> float:
+        """What of a long step's ``spent`` seconds was its own, at most."""
+        before, now = self.started, self.sched()
+        if before is None or now is None:
+            return spent
+        spent -= now[1] - before[1]  # waited for a CPU, at least as long during the step
+        if now[2] == before[2]:  # never off its CPU since the request started
+            spent = min(spent, now[0] - before[0])  # the rest was stolen from its CPU
+        return spent
 
     def close(self) -> None:
         self.coro.close()
@@ -206,11 +237,11 @@ class BlockWatch:
 
     def __init__(self, connection_of: Callable[[Any], Any],
                  on_change: Callable[[], None] = lambda: None, block: float = BLOCK,
-                 waited: Callable[[], float] = no_wait) -> None:
+                 sched: Sched = no_sched) -> None:
         self.connection_of = connection_of
         self.on_change = on_change
         self.block = block
-        self.waited = waited  # the loop thread's run-queue wait (RunQueueWait)
+        self.sched = sched  # the loop thread's scheduler counts (SchedStat)
         self.marked: set[object] = set()
         self.suspects: set[object] = set()
         self.blocked: set[object] = set()  # have blocked at least once (until closed)
@@ -221,6 +252,9 @@ class BlockWatch:
         self.seen_calm: set[object] = set()
         self.seen_blocking: set[object] = set()
         self.paths: dict[str, bool] = {}
+        # Suspect paths: how many more of their requests to time step by step until one
+        # is slow again.
+        self.search: dict[str, int] = {}
         self.holding = 0
 
     @property
@@ -290,6 +324,7 @@ class BlockWatch:
                     self.blocked.add(connection)  # slow, for a path that blocks: it did
                     self.on_change()
             self._judge(path, False)
+            self.search[path] = int(seconds / STEP_COST)
 
     def stepped(self, send: Any, path: str, seconds: float, longest_step: float) -> None:
         """A request (its ``send``), timed step by step because its connection or its
@@ -297,10 +332,15 @@ class BlockWatch:
         and its connection are judged on it."""
         if longest_step > self.block:
             self._judge(path, True)
+            self.search.pop(path, None)
         elif seconds > self.block:
             self._judge(path, False)
+            self.search[path] = max(self.search.get(path, 0), int(seconds / STEP_COST))
+        elif self.search.get(path, 0) > 0 and self.paths.get(path) is False:
+            self.search[path] -= 1  # still searching: a fast request says nothing
         else:
             self.paths.pop(path, None)
+            self.search.pop(path, None)
         connection = self.connection_of(send)
         if connection is None:  # closing: forget() has been or will be called
             return
@@ -322,7 +362,9 @@ class BlockWatch:
     def _judge(self, path: str, blocked: bool) -> None:
         paths = self.paths
         if path not in paths and len(paths) >= MAX_PATHS:
-            del paths[next(iter(paths))]
+            oldest = next(iter(paths))
+            del paths[oldest]
+            self.search.pop(oldest, None)
         paths[path] = blocked
         if blocked and path not in self.blocking_paths:
             if len(self.blocking_paths) >= MAX_PATHS:

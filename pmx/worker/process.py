@@ -31,7 +31,7 @@ from pmx.config import AppConfig
 from pmx.limits import raise_fd_limit
 from pmx.loadslot import LoadSlot
 from pmx.worker.app import AppLoadError, load
-from pmx.worker.blocks import BlockWatch, RunQueueWait
+from pmx.worker.blocks import BlockWatch, SchedStat
 from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.capacity import Capacity
 from pmx.worker.handback import HandBack
@@ -343,7 +343,7 @@ def main() -> None:
     metrics = RequestMetrics() if config.admin else None
     if metrics is not None:
         app = instrument(app, metrics)
-    blocks = (BlockWatch(connection_of, waited=RunQueueWait())
+    blocks = (BlockWatch(connection_of, sched=SchedStat())
               if hello.get("watch_blocks") else None)
     hooks = RequestHooks(blocks)
     app = hooks.wrap(app)
