@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import itertools
 import json
 import os
 import resource
@@ -121,8 +122,11 @@ class SteadyLoad:
     response body is counted. ``with SteadyLoad(port) as load: ...``"""
 
     def __init__(self, port: int, path: str = "/pid", clients: int = 4,
-                 keep_alive: int = 0) -> None:
-        self.port, self.path = port, path
+                 keep_alive: int = 0, distinct: bool = False) -> None:
+        """``distinct``: each new-connection request asks for a path of its own
+        (``path/N``), as clients of an app with many endpoints."""
+        self.port, self.path, self.distinct = port, path, distinct
+        self._numbers = itertools.count()
         self.failures: list[BaseException] = []
         self.bodies: collections.Counter[str] = collections.Counter()
         self.served = 0
@@ -138,7 +142,8 @@ class SteadyLoad:
     def _client(self) -> None:
         while not self._stop.is_set():
             try:
-                self._count(*get(self.port, self.path, timeout=15))
+                path = f"{self.path}/{next(self._numbers)}" if self.distinct else self.path
+                self._count(*get(self.port, path, timeout=15))
             except Exception as exc:  # noqa: BLE001 - any failure counts
                 self.failures.append(exc)
 

@@ -10,7 +10,15 @@ import time
 
 import pytest
 
-from pmx.worker.blocks import MAX_PATHS, STEP_COST, VISIT, BlockWatch, SchedStat, Stepped
+from pmx.worker.blocks import (
+    FORGET,
+    MAX_PATHS,
+    STEP_COST,
+    VISIT,
+    BlockWatch,
+    SchedStat,
+    Stepped,
+)
 from pmx.worker.hooks import RequestHooks
 
 # The tests' threshold for a blocking step, not pmx's (3 ms): a loaded machine adds
@@ -212,10 +220,10 @@ def test_a_connection_served_counts_one_visit_a_window_by_kind():
     """What gathering weighs: each connection once per VISIT window, as blocking if it
     has blocked or asked for a path that has, else as calm; whatever its rate."""
     blocks, _counts = watch()
-    blocks.blocking_paths["/slow"] = None
+    start = 10000.5 * VISIT  # mid-window: float steps stay inside it
+    blocks.blocking_paths["/slow"] = start
     calm, slow, known = (Send(Connection()) for _ in range(3))
     blocks.blocked.add(known.connection)
-    start = 10000.5 * VISIT  # mid-window: float steps stay inside it
     for step in range(10):  # ten requests each within one window
         now = start + step * VISIT / 20
         blocks.visit(calm, "/fast", now)
@@ -233,6 +241,24 @@ def test_a_connection_served_counts_one_visit_a_window_by_kind():
     assert (blocks.calm_visits, blocks.blocking_visits) == (3, 3)
 
 
+def test_a_path_that_has_not_blocked_lately_is_forgotten():
+    """A step judged blocking may have been the machine's stall, not the path's code:
+    remembered for ever, it would count every later visit to that path as a blocking
+    one. A path that keeps blocking stays."""
+    blocks, _counts = watch()
+    start = 10000.5 * VISIT
+    blocks.blocking_paths.update({"/once": start, "/often": start})
+    calm = Send(Connection())
+    for step in range(1, int(FORGET / VISIT) + 3):
+        now = start + step * VISIT
+        blocks.blocking_paths["/often"] = now  # blocks again, every window
+        blocks.visit(calm, "/once", now)
+    assert list(blocks.blocking_paths) == ["/often"]
+    before = blocks.calm_visits
+    blocks.visit(calm, "/once", now + VISIT)
+    assert blocks.calm_visits == before + 1  # a calm visit again
+
+
 def test_a_connection_that_blocked_once_keeps_that_history_until_it_closes():
     """Heavy-tailed: most requests are fast, one now and then blocks. The mark (what
     least-busy avoids) goes with the next fast request; the history (what gathering
@@ -243,7 +269,7 @@ def test_a_connection_that_blocked_once_keeps_that_history_until_it_closes():
     request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # judged whole: a suspect
     request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # timed: it blocks
     assert blocks.blocked == {kept_alive.connection} and blocks.count == 1
-    assert blocks.blocking_paths == {"/": None}
+    assert list(blocks.blocking_paths) == ["/"]
     for _ in range(2):
         request(blocks, lambda: awaiting(0), kept_alive)
     assert blocks.count == 0 and blocks.blocked == {kept_alive.connection}

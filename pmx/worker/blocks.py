@@ -28,14 +28,21 @@ History. A mark answers "will the next request block?", which for heavy-tailed r
 connection is hardly ever marked; yet its blocks hold up every connection on its
 worker, again and again. So the worker also keeps, for as long as each connection is
 open, the connections that have blocked at least once (``blocked``: what gathering
-moves, pmx.master.rebalance), and the paths that have (``blocking_paths``, the newest
-MAX_PATHS). A request judged whole that took longer than BLOCK, for a path that has
+moves, pmx.master.rebalance), and the paths that have lately (``blocking_paths``: the
+newest MAX_PATHS, each until FORGET seconds after its last judged block). A request
+judged whole that took longer than BLOCK, for a path that has
 blocked, counts as a block of its connection: a heavy-tailed connection is known at its
 first slow request. Such connections are not timed step by step for that (measured, a
 fifth more CPU per request where every path is heavy-tailed), nor is every connection
 that was slow once until it blocks (on a busy machine, that times every request of each
 kept-alive connection a preemption once made slow: a fifth more CPU per keep-alive
-request).
+request). A path is forgotten because a step can be judged blocking for what was
+not its code: a loop thread that the machine stalls (measured on a virtual machine
+under 4 to 19 % steal time: one fast request in a hundred or so, switched out for 3 to
+16 ms with no run-queue wait, just as a synchronous call sleeps). Then every path
+blocks now and then, gathering spares nobody and stops (``gather_pays``), rightly; but
+remembered for the worker's life, one such stall on a fast path would keep gathering
+off for good, and so would a first request that builds a cache.
 
 Visits. What gathering weighs is who it spares against who it slows: the clients
 served lately whose requests could not block, against those whose could. Counted as
@@ -99,6 +106,11 @@ from typing import Any
 BLOCK = 0.003
 # The most paths remembered as suspect or blocking.
 MAX_PATHS = 1024
+# Seconds a path counts as blocking after its last judged block: fifty gathering
+# rounds (pmx.master.rebalance GATHER_ROUND), which weigh only the round before, and
+# longer than a path blocking one request in fifty at ten requests a second goes
+# between two blocks.
+FORGET = 5.0
 # Seconds a request timed step by step costs more than one timed as a whole (Stepped,
 # measured: about 3 µs): what a suspect path's search is counted in.
 STEP_COST = 3e-6
@@ -225,7 +237,7 @@ class BlockWatch:
     """The open connections whose last request blocked the loop (``marked``), that
     blocked it at least once (``blocked``) or took longer than BLOCK (``suspects``); the
     paths likewise (``paths``: True for blocked, False for suspect; ``blocking_paths``,
-    ever blocked); ``holding``, the requests in flight for a blocking path; and
+    blocked lately); ``holding``, the requests in flight for a blocking path; and
     ``calm_visits`` and ``blocking_visits`` (``visit``), the connections served, once
     per VISIT window, by kind.
 
@@ -245,8 +257,9 @@ class BlockWatch:
         self.marked: set[object] = set()
         self.suspects: set[object] = set()
         self.blocked: set[object] = set()  # have blocked at least once (until closed)
-        # Paths whose requests have blocked at least once (the newest MAX_PATHS).
-        self.blocking_paths: dict[str, None] = {}
+        # Paths whose requests have blocked lately: when each last did (perf_counter),
+        # the oldest first.
+        self.blocking_paths: dict[str, float] = {}
         self.calm_visits = self.blocking_visits = 0
         self.window = 0  # the VISIT window the two sets below are for
         self.seen_calm: set[object] = set()
@@ -285,6 +298,12 @@ class BlockWatch:
             self.window = window
             self.seen_calm.clear()
             self.seen_blocking.clear()
+            paths = self.blocking_paths
+            while paths:
+                oldest = next(iter(paths))
+                if paths[oldest] > now - FORGET:
+                    break
+                del paths[oldest]
         connection = self.connection_of(send)
         if connection is None:
             return
@@ -366,7 +385,8 @@ class BlockWatch:
             del paths[oldest]
             self.search.pop(oldest, None)
         paths[path] = blocked
-        if blocked and path not in self.blocking_paths:
-            if len(self.blocking_paths) >= MAX_PATHS:
-                del self.blocking_paths[next(iter(self.blocking_paths))]
-            self.blocking_paths[path] = None
+        if blocked:
+            blocking = self.blocking_paths
+            if blocking.pop(path, None) is None and len(blocking) >= MAX_PATHS:
+                del blocking[next(iter(blocking))]
+            blocking[path] = perf_counter()
