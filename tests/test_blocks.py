@@ -13,7 +13,6 @@ import pytest
 from pmx.worker.blocks import (
     FORGET,
     MAX_PATHS,
-    STEP_COST,
     VISIT,
     BlockWatch,
     SchedStat,
@@ -391,37 +390,6 @@ def test_other_paths_are_not_held_and_a_path_that_stops_blocking_is_forgotten():
     once(blocks, lambda: awaiting(BLOCK * 4), "/poll")
     once(blocks, lambda: awaiting(BLOCK * 4), "/poll")
     assert blocks.paths == {"/poll": False}  # slow but awaiting: suspect, never holding
-
-
-def test_a_path_slow_now_and_then_is_searched_until_a_slow_request_says_why():
-    """A heavy-tailed path: its slow request, timed whole, cannot say whether it blocked
-    or awaited. Its next requests are fast, and say nothing either; the path stays
-    watched through them, so its next slow request is timed step by step and it is
-    known to block."""
-    blocks, _ = watch()
-    once(blocks, lambda: blocking(BLOCK * 2), "/tail")  # timed whole: slow, why?
-    assert blocks.paths == {"/tail": False}
-    for _ in range(5):
-        once(blocks, lambda: awaiting(0), "/tail")
-    assert blocks.paths == {"/tail": False} and not blocks.blocking_paths
-    once(blocks, lambda: blocking(BLOCK * 2), "/tail")
-    assert "/tail" in blocks.blocking_paths
-
-
-def test_the_search_costs_no_more_than_the_slow_request_that_started_it():
-    """Fast requests end the search once timing them step by step has cost the loop as
-    much as the slow request that made the path suspect; the path is then timed whole
-    again."""
-    blocks, _ = watch()
-    send = Send(Connection())
-    slow = BLOCK * 1.5
-    blocks.took(send, "/sometimes", slow)
-    searched = 0
-    while blocks.paths.get("/sometimes") is False:
-        blocks.stepped(send, "/sometimes", 0.0001, 0.0001)
-        searched += 1
-    assert "/sometimes" not in blocks.paths and not blocks.search
-    assert abs(searched * STEP_COST - slow) <= STEP_COST * 2
 
 
 def test_the_paths_remembered_are_bounded():

@@ -65,14 +65,7 @@ connections, and for suspect and marked paths, are timed step by step, which tel
 blocking from awaiting, and each such request judges both its connection and its path.
 A path is thus marked on its second blocking request, a connection on its second, or
 on its first for a path already marked (a connection gathered from another worker is
-marked again at once), and a long poll is never marked. A suspect path's requests are
-timed step by step until one of them is slow again, which says whether it blocks or
-awaits, or until timing them has cost as much loop time as the slow request that made
-it suspect (its seconds over STEP_COST: a thousand requests at the least): the
-search costs at most what its evidence did. A path that blocks one request in fifty
-is thus known within a hundred or so of its requests; ended at its first fast one,
-the search found it only when two slow requests came back to back (measured: a
-heavy-tailed path, 2 workers, took a second or more to be learned on each).
+marked again at once), and a long poll is never marked.
 
 Preemption. A step's wall time is also what the loop's thread waited for a CPU while
 runnable: on a machine whose cores are all busy the scheduler leaves a runnable thread
@@ -111,9 +104,6 @@ MAX_PATHS = 1024
 # longer than a path blocking one request in fifty at ten requests a second goes
 # between two blocks.
 FORGET = 5.0
-# Seconds a request timed step by step costs more than one timed as a whole (Stepped,
-# measured: about 3 µs): what a suspect path's search is counted in.
-STEP_COST = 3e-6
 # Loop iterations a request for a blocking path lets go by before it runs (see
 # BlockWatch.hold): one runs the requests already parsed, one reads what has arrived on
 # the worker's connections and one runs it; a connection handed over but not yet
@@ -265,9 +255,6 @@ class BlockWatch:
         self.seen_calm: set[object] = set()
         self.seen_blocking: set[object] = set()
         self.paths: dict[str, bool] = {}
-        # Suspect paths: how many more of their requests to time step by step until one
-        # is slow again.
-        self.search: dict[str, int] = {}
         self.holding = 0
 
     @property
@@ -343,7 +330,6 @@ class BlockWatch:
                     self.blocked.add(connection)  # slow, for a path that blocks: it did
                     self.on_change()
             self._judge(path, False)
-            self.search[path] = int(seconds / STEP_COST)
 
     def stepped(self, send: Any, path: str, seconds: float, longest_step: float) -> None:
         """A request (its ``send``), timed step by step because its connection or its
@@ -351,15 +337,10 @@ class BlockWatch:
         and its connection are judged on it."""
         if longest_step > self.block:
             self._judge(path, True)
-            self.search.pop(path, None)
         elif seconds > self.block:
             self._judge(path, False)
-            self.search[path] = max(self.search.get(path, 0), int(seconds / STEP_COST))
-        elif self.search.get(path, 0) > 0 and self.paths.get(path) is False:
-            self.search[path] -= 1  # still searching: a fast request says nothing
         else:
             self.paths.pop(path, None)
-            self.search.pop(path, None)
         connection = self.connection_of(send)
         if connection is None:  # closing: forget() has been or will be called
             return
@@ -381,9 +362,7 @@ class BlockWatch:
     def _judge(self, path: str, blocked: bool) -> None:
         paths = self.paths
         if path not in paths and len(paths) >= MAX_PATHS:
-            oldest = next(iter(paths))
-            del paths[oldest]
-            self.search.pop(oldest, None)
+            del paths[next(iter(paths))]
         paths[path] = blocked
         if blocked:
             blocking = self.blocking_paths
