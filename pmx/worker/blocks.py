@@ -73,17 +73,21 @@ waiting for up to its period (6 to 24 ms), and a step of a fast path that happen
 preempted would look like a block. On a virtual machine it is also the time the
 hypervisor took the CPU itself away (steal time), which the thread does not see at all.
 Neither says anything about the step's code, and marking a fast path for it makes the
-master keep connections away from a free worker (measured: under 10 to 20 % steal,
-dozens of fast requests a second were judged blocking, and a path that never blocks
-counted as one that does). So a step longer than BLOCK counts its wall time less the
-thread's run-queue wait since its request started, and, if the thread was never
+master keep connections away from a free worker (measured: in minutes with 4 to 19 %
+steal, several fast requests a second were judged blocking). So a step longer than
+BLOCK counts its wall time less the thread's run-queue wait since its request started,
+and, if the thread was never
 switched out since then (it did not sleep in a blocking call, nor was it preempted),
 at most the CPU time it ran meanwhile: what is left of its wall time was stolen
 (``SchedStat``: the kernel's counts in /proc/thread-self/schedstat, about a
 microsecond a read, read when a watched request starts and after each of its steps
-longer than BLOCK). Both are at least what was not the step's own, so a step judged
-blocking did block; at worst, a request preempted before a blocking step has that
-step judged too short (a later request judges again).
+longer than BLOCK). The wait since the request started is at least the wait during
+the step, and the CPU time since then at least the step's own: a step judged blocking
+did block, or lost its CPU while the loop had run other work for as long. At worst, a
+request preempted before a blocking step has that step judged too short (a later
+request judges again). Some stalls still pass for blocks: a thread switched out inside
+a trivial system call with no run-queue wait looks just like one sleeping in a
+synchronous call (History, above).
 """
 
 from __future__ import annotations
