@@ -222,7 +222,7 @@ def test_a_connection_served_counts_one_visit_a_window_by_kind():
     start = 10000.5 * VISIT  # mid-window: float steps stay inside it
     blocks.blocking_paths["/slow"] = start
     calm, slow, known = (Send(Connection()) for _ in range(3))
-    blocks.blocked.add(known.connection)
+    blocks.blocked[known.connection] = start
     for step in range(10):  # ten requests each within one window
         now = start + step * VISIT / 20
         blocks.visit(calm, "/fast", now)
@@ -258,7 +258,30 @@ def test_a_path_that_has_not_blocked_lately_is_forgotten():
     assert blocks.calm_visits == before + 1  # a calm visit again
 
 
-def test_a_connection_that_blocked_once_keeps_that_history_until_it_closes():
+def test_a_connection_that_has_not_blocked_lately_is_forgotten():
+    """Likewise a connection (a pooled one from a proxy may live for hours): once
+    forgotten it counts calm visits again, and the master is told at once, since it
+    gathers by the count of connections that have blocked."""
+    blocks, counts = watch()
+    start = 10000.5 * VISIT
+    once, often = Send(Connection()), Send(Connection())
+    blocks.blocked.update({once.connection: start, often.connection: start})
+    for step in range(1, int(FORGET / VISIT) + 3):
+        now = start + step * VISIT
+        blocks.blocked[often.connection] = now  # blocks again, every window
+        blocks.visit(once, "/fast", now)
+    assert list(blocks.blocked) == [often.connection]
+    assert len(counts) == 1  # told once, when it was forgotten
+    before = blocks.calm_visits
+    blocks.visit(once, "/fast", now + VISIT)
+    assert blocks.calm_visits == before + 1
+    judged = time.perf_counter()
+    request(blocks, lambda: blocking(BLOCK * 2), often, "/fast")  # judged whole
+    request(blocks, lambda: blocking(BLOCK * 2), often, "/fast")  # timed: it blocks
+    assert blocks.blocked[often.connection] >= judged  # a block keeps it for longer
+
+
+def test_a_connection_that_blocked_keeps_that_history_until_it_closes():
     """Heavy-tailed: most requests are fast, one now and then blocks. The mark (what
     least-busy avoids) goes with the next fast request; the history (what gathering
     moves) stays with the connection. Once its path is known to block, another
@@ -267,17 +290,17 @@ def test_a_connection_that_blocked_once_keeps_that_history_until_it_closes():
     kept_alive = Send(Connection())
     request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # judged whole: a suspect
     request(blocks, lambda: blocking(BLOCK * 2), kept_alive)  # timed: it blocks
-    assert blocks.blocked == {kept_alive.connection} and blocks.count == 1
+    assert list(blocks.blocked) == [kept_alive.connection] and blocks.count == 1
     assert list(blocks.blocking_paths) == ["/"]
     for _ in range(2):
         request(blocks, lambda: awaiting(0), kept_alive)
-    assert blocks.count == 0 and blocks.blocked == {kept_alive.connection}
+    assert blocks.count == 0 and list(blocks.blocked) == [kept_alive.connection]
     assert not blocks.suspects  # a fast request clears the suspicion: no cost after
     other = Send(Connection())
     request(blocks, lambda: awaiting(0), other)
     assert other.connection not in blocks.blocked
     request(blocks, lambda: blocking(BLOCK * 2), other)  # judged whole, on a blocking path
-    assert blocks.blocked == {kept_alive.connection, other.connection}
+    assert list(blocks.blocked) == [kept_alive.connection, other.connection]
     for connection in (kept_alive.connection, other.connection):
         blocks.forget(connection)
     assert not blocks.blocked and not blocks.suspects

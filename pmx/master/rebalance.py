@@ -26,9 +26,9 @@ balancing policy, as if it had just been accepted. Three uses:
   they leave the other free for everything else, and they only wait for each other: a
   request that blocks for 50 ms and waits 50 ms more is slowed twofold, a 1 ms request
   that waits 50 ms fiftyfold. So every GATHER_ROUND seconds the master reads each
-  worker's count of open connections that have blocked and, once they are on more than
-  half the workers (rounded down, at least one), chooses the half that hold the most
-  and asks (``K`` N) for every such connection outside it to be handed back (``G``),
+  worker's count of open connections that have blocked lately and, once they are on
+  more than half the workers (rounded down, at least one), chooses the half that hold
+  the most and asks (``K`` N) for every such connection outside it to be handed back (``G``),
   each to go to the member holding the fewest (``gathering``). The half is kept while
   its workers are in rotation, so connections only ever move into it: chosen again
   each round from counts that change, it would send them back and forth. Half, not

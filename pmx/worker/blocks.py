@@ -26,23 +26,25 @@ on a connection that then closed says nothing about the worker's future.
 History. A mark answers "will the next request block?", which for heavy-tailed requests
 (most fast, one in fifty blocking for milliseconds) is nearly always no, so such a
 connection is hardly ever marked; yet its blocks hold up every connection on its
-worker, again and again. So the worker also keeps, for as long as each connection is
-open, the connections that have blocked at least once (``blocked``: what gathering
-moves, pmx.master.rebalance), and the paths that have lately (``blocking_paths``: the
-newest MAX_PATHS, each until FORGET seconds after its last judged block). A request
+worker, again and again. So the worker also keeps the connections that have blocked
+lately (``blocked``: what gathering moves, pmx.master.rebalance; each until FORGET
+seconds after its last judged block, or until it closes), and the paths that have
+(``blocking_paths``: the newest MAX_PATHS, each likewise). A request
 judged whole that took longer than BLOCK, for a path that has
 blocked, counts as a block of its connection: a heavy-tailed connection is known at its
 first slow request. Such connections are not timed step by step for that (measured, a
 fifth more CPU per request where every path is heavy-tailed), nor is every connection
 that was slow once until it blocks (on a busy machine, that times every request of each
 kept-alive connection a preemption once made slow: a fifth more CPU per keep-alive
-request). A path is forgotten because a step can be judged blocking for what was
-not its code: a loop thread that the machine stalls (measured on a virtual machine
+request). A path or a connection is forgotten because a step can be judged blocking
+for what was not its code: a loop thread that the machine stalls (measured on a virtual machine
 under 4 to 19 % steal time: one fast request in a hundred or so, switched out for 3 to
 16 ms with no run-queue wait, just as a synchronous call sleeps). Then every path
 blocks now and then, gathering spares nobody and stops (``gather_pays``), rightly; but
 remembered for the worker's life, one such stall on a fast path would keep gathering
-off for good, and so would a first request that builds a cache.
+off for good, and so would a first request that builds a cache; on a connection, one
+a proxy keeps open for hours, it would count that connection's every visit as a
+blocking one (and gather it) for as long.
 
 Visits. What gathering weighs is who it spares against who it slows: the clients
 served lately whose requests could not block, against those whose could. Counted as
@@ -229,7 +231,7 @@ class Stepped:
 
 class BlockWatch:
     """The open connections whose last request blocked the loop (``marked``), that
-    blocked it at least once (``blocked``) or took longer than BLOCK (``suspects``); the
+    blocked it lately (``blocked``) or took longer than BLOCK (``suspects``); the
     paths likewise (``paths``: True for blocked, False for suspect; ``blocking_paths``,
     blocked lately); ``holding``, the requests in flight for a blocking path; and
     ``calm_visits`` and ``blocking_visits`` (``visit``), the connections served, once
@@ -250,7 +252,9 @@ class BlockWatch:
         self.sched = sched  # the loop thread's scheduler counts (SchedStat)
         self.marked: set[object] = set()
         self.suspects: set[object] = set()
-        self.blocked: set[object] = set()  # have blocked at least once (until closed)
+        # Connections that have blocked lately: when each last did (perf_counter), the
+        # oldest first; each until FORGET seconds after that, or until it closes.
+        self.blocked: dict[object, float] = {}
         # Paths whose requests have blocked lately: when each last did (perf_counter),
         # the oldest first.
         self.blocking_paths: dict[str, float] = {}
@@ -269,7 +273,7 @@ class BlockWatch:
         self.suspects.discard(connection)
         if connection in self.marked or connection in self.blocked:
             self.marked.discard(connection)
-            self.blocked.discard(connection)
+            self.blocked.pop(connection, None)
             self.on_change()
 
     def watched(self, send: Any) -> object | None:
@@ -289,12 +293,9 @@ class BlockWatch:
             self.window = window
             self.seen_calm.clear()
             self.seen_blocking.clear()
-            paths = self.blocking_paths
-            while paths:
-                oldest = next(iter(paths))
-                if paths[oldest] > now - FORGET:
-                    break
-                del paths[oldest]
+            _expire(self.blocking_paths, now - FORGET)
+            if _expire(self.blocked, now - FORGET):
+                self.on_change()
         connection = self.connection_of(send)
         if connection is None:
             return
@@ -330,8 +331,8 @@ class BlockWatch:
             connection = self.connection_of(send)
             if connection is not None:
                 self.suspects.add(connection)
-                if path in self.blocking_paths and connection not in self.blocked:
-                    self.blocked.add(connection)  # slow, for a path that blocks: it did
+                # slow, for a path that blocks: it did
+                if path in self.blocking_paths and self._blocked(connection):
                     self.on_change()
             self._judge(path, False)
 
@@ -352,16 +353,24 @@ class BlockWatch:
         was = connection in self.marked, connection in self.blocked
         if connection.is_closing():  # forget() has been or will be called
             self.marked.discard(connection)
-            self.blocked.discard(connection)
+            self.blocked.pop(connection, None)
         elif longest_step > self.block:
             self.marked.add(connection)
-            self.blocked.add(connection)
+            self._blocked(connection)
         else:
             self.marked.discard(connection)
             if seconds > self.block:
                 self.suspects.add(connection)
         if was != (connection in self.marked, connection in self.blocked):
             self.on_change()
+
+    def _blocked(self, connection: object) -> bool:
+        """A request on ``connection`` was judged to have blocked, now; whether the
+        connection is new to ``blocked``."""
+        blocked = self.blocked
+        new = blocked.pop(connection, None) is None
+        blocked[connection] = perf_counter()
+        return new
 
     def _judge(self, path: str, blocked: bool) -> None:
         paths = self.paths
@@ -373,3 +382,16 @@ class BlockWatch:
             if blocking.pop(path, None) is None and len(blocking) >= MAX_PATHS:
                 del blocking[next(iter(blocking))]
             blocking[path] = perf_counter()
+
+
+def _expire(since: dict[Any, float], before: float) -> int:
+    """Drop from ``since`` (oldest first) what was last seen before ``before``; how
+    many."""
+    dropped = 0
+    while since:
+        oldest = next(iter(since))
+        if since[oldest] > before:
+            break
+        del since[oldest]
+        dropped += 1
+    return dropped
