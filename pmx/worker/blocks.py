@@ -25,26 +25,26 @@ on a connection that then closed says nothing about the worker's future.
 
 History. A mark answers "will the next request block?", which for heavy-tailed requests
 (most fast, one in fifty blocking for milliseconds) is nearly always no, so such a
-connection is hardly ever marked; yet its blocks hold up every connection on its
-worker, again and again. So the worker also keeps the connections that have blocked
-lately (``blocked``: what gathering moves, pmx.master.rebalance; each until FORGET
-seconds after its last judged block, or until it closes), and the paths that have
-(``blocking_paths``: the newest MAX_PATHS, each likewise). A request
-judged whole that took longer than BLOCK, for a path that has
-blocked, counts as a block of its connection: a heavy-tailed connection is known at its
-first slow request. Such connections are not timed step by step for that (measured, a
-fifth more CPU per request where every path is heavy-tailed), nor is every connection
-that was slow once until it blocks (on a busy machine, that times every request of each
-kept-alive connection a preemption once made slow: a fifth more CPU per keep-alive
-request). A path or a connection is forgotten because a step can be judged blocking
-for what was not its code: a loop thread that the machine stalls (measured on a virtual machine
-under 4 to 19 % steal time: one fast request in a hundred or so, switched out for 3 to
-16 ms with no run-queue wait, just as a synchronous call sleeps). Then every path
-blocks now and then, gathering spares nobody and stops (``gather_pays``), rightly; but
-remembered for the worker's life, one such stall on a fast path would keep gathering
-off for good, and so would a first request that builds a cache; on a connection, one
-a proxy keeps open for hours, it would count that connection's every visit as a
-blocking one (and gather it) for as long.
+connection is hardly ever marked; yet its blocks hold up every connection on its worker,
+again and again. So the worker also keeps the connections that have blocked lately
+(``blocked``: what gathering moves, pmx.master.rebalance; each until FORGET seconds
+after its last judged block, or until it closes), and the paths that have
+(``blocking_paths``: the newest MAX_PATHS, each likewise). A request judged whole that
+took longer than BLOCK, for a path that has blocked, counts as a block of its
+connection: a heavy-tailed connection is known at its first slow request. Such
+connections are not timed step by step for that (measured, a fifth more CPU per request
+where every path is heavy-tailed), nor is every connection that was slow once until it
+blocks (on a busy machine, that times every request of each kept-alive connection a
+preemption once made slow: a fifth more CPU per keep-alive request). A path or a
+connection is forgotten because a step can be judged blocking for what was not its code:
+a loop thread that the machine stalls (measured on a virtual machine under 4 to 19 %
+steal time: one fast request in a hundred or so, switched out for 3 to 16 ms with no
+run-queue wait, just as a synchronous call sleeps). Then every path blocks now and then,
+gathering spares nobody and stops (``gather_pays``), rightly; but remembered for the
+worker's life, one such stall on a fast path would keep gathering off for good, and so
+would a first request that builds a cache; on a connection, one a proxy keeps open for
+hours, it would count that connection's every visit as a blocking one (and gather it)
+for as long.
 
 Visits. What gathering weighs is who it spares against who it slows: the clients
 served lately whose requests could not block, against those whose could. Counted as
