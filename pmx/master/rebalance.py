@@ -22,36 +22,35 @@ balancing policy, as if it had just been accepted. Three uses:
 - **Connections that block gather** (``gather``, with least-busy, whose workers keep
   them: pmx.worker.blocks). A kept-alive connection whose requests block the event loop,
   every time or one time in fifty, makes every other connection on its worker wait out
-  each block. Two such connections on two workers leave no loop free; on one worker
-  they leave the other free for everything else, and they only wait for each other: a
-  request that blocks for 50 ms and waits 50 ms more is slowed twofold, a 1 ms request
-  that waits 50 ms fiftyfold. So every GATHER_ROUND seconds the master reads each
-  worker's count of open connections that have blocked lately and, once they are on
-  more than half the workers (rounded down, at least one), chooses the half that hold
-  the most and asks (``K`` N) for every such connection outside it to be handed back (``G``),
-  each to go to the member holding the fewest (``gathering``). The half is kept while
-  its workers are in rotation, so connections only ever move into it: chosen again
-  each round from counts that change, it would send them back and forth. Half, not
-  fewer: on one loop each such connection waits out the others' blocks, so the fewer
-  loops they share the slower each gets; half leaves the rest of the traffic at least
-  half the loops, and nothing moves where they already are (two such connections on
-  two of four workers). And only while it pays (``gather_pays``): while the last
-  round had more calm visits than blocking ones (pmx.worker.blocks: connections
-  served, once per round, whose requests were for paths that never blocked, against
-  those whose were for paths that have, or that have blocked themselves). Gathering
-  slows the one kind to spare the other; where every path blocks now and then, nobody
-  gains, and without this rule gathering them on half the workers halved what such an
-  app served (measured: 64 kept-alive clients on a heavy-tailed path, 4 workers, 2.6k
-  against 4.9k requests a second). A visit is blocking by its path, not only by its
-  connection's own history: a path is learned at its first blocks, each connection
-  only at its own, and weighed by connections that have blocked, the first ones found
-  were gathered while still a minority. Visits, not requests: clients whose requests
-  wait out blocks send fewer of them. A release for a
-  join (``L``) never moves a connection that has blocked: evened out by count, it
-  would land on a worker that holds none. Nor does gathering run while a join is
-  evened out: a gathered connection is known for what it is only once a request on
-  its new worker has blocked, and until then the evening-out would take it for one
-  that does not block and move it back.
+  each block. Two such connections on two workers leave no loop free; on one worker they
+  leave the other free for everything else, and they only wait for each other: a request
+  that blocks for 50 ms and waits 50 ms more is slowed twofold, a 1 ms request that
+  waits 50 ms fiftyfold. So every GATHER_ROUND seconds the master reads each worker's
+  count of open connections that have blocked lately and, once they are on more than
+  half the workers (rounded down, at least one), chooses the half that hold the most and
+  asks (``K`` N) for every such connection outside it to be handed back (``G``), each to
+  go to the member holding the fewest (``gathering``). The half is kept while its
+  workers are in rotation, so connections only ever move into it: chosen again each
+  round from counts that change, it would send them back and forth. Half, not fewer: on
+  one loop each such connection waits out the others' blocks, so the fewer loops they
+  share the slower each gets; half leaves the rest of the traffic at least half the
+  loops, and nothing moves where they already are (two such connections on two of four
+  workers). And only while it pays (``gather_pays``): while the last round had more calm
+  visits than blocking ones (pmx.worker.blocks: connections served, once per round,
+  whose requests were for paths that never blocked, against those whose were for paths
+  that have, or that have blocked themselves). Gathering slows the one kind to spare the
+  other; where every path blocks now and then, nobody gains, and without this rule
+  gathering them on half the workers halved what such an app served (measured: 64
+  kept-alive clients on a heavy-tailed path, 4 workers, 2.6k against 4.9k requests a
+  second). A visit is blocking by its path, not only by its connection's own history: a
+  path is learned at its first blocks, each connection only at its own, and weighed by
+  connections that have blocked, the first ones found were gathered while still a
+  minority. Visits, not requests: clients whose requests wait out blocks send fewer of
+  them. A release for a join (``L``) never moves a connection that has blocked: evened
+  out by count, it would land on a worker that holds none. Nor does gathering run while
+  a join is evened out: a gathered connection is known for what it is only once a
+  request on its new worker has blocked, and until then the evening-out would take it
+  for one that does not block and move it back.
 
 The invariants each move keeps are the worker's (pmx.worker.handback): no byte is read
 by two workers, no response is lost, busy connections, half-read requests and

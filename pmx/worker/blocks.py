@@ -76,20 +76,19 @@ preempted would look like a block. On a virtual machine it is also the time the
 hypervisor took the CPU itself away (steal time), which the thread does not see at all.
 Neither says anything about the step's code, and marking a fast path for it makes the
 master keep connections away from a free worker (measured: in minutes with 4 to 19 %
-steal, several fast requests a second were judged blocking). So a step longer than
-BLOCK counts its wall time less the thread's run-queue wait since its request started,
-and, if the thread was never
-switched out since then (it did not sleep in a blocking call, nor was it preempted),
-at most the CPU time it ran meanwhile: what is left of its wall time was stolen
-(``SchedStat``: the kernel's counts in /proc/thread-self/schedstat, about a
+steal, several fast requests a second were judged blocking). So a step longer than BLOCK
+counts its wall time less the thread's run-queue wait since its request started, and, if
+the thread was never switched out since then (it did not sleep in a blocking call, nor
+was it preempted), at most the CPU time it ran meanwhile: what is left of its wall time
+was stolen (``SchedStat``: the kernel's counts in /proc/thread-self/schedstat, about a
 microsecond a read, read when a watched request starts and after each of its steps
-longer than BLOCK). The wait since the request started is at least the wait during
-the step, and the CPU time since then at least the step's own: a step judged blocking
-did block, or lost its CPU while the loop had run other work for as long. At worst, a
-request preempted before a blocking step has that step judged too short (a later
-request judges again). Some stalls still pass for blocks: a thread switched out inside
-a trivial system call with no run-queue wait looks just like one sleeping in a
-synchronous call (History, above).
+longer than BLOCK). The wait since the request started is at least the wait during the
+step, and the CPU time since then at least the step's own: a step judged blocking did
+block, or lost its CPU while the loop had run other work for as long. At worst, a
+request preempted before a blocking step has that step judged too short (a later request
+judges again). Some stalls still pass for blocks: a thread switched out inside a trivial
+system call with no run-queue wait looks just like one sleeping in a synchronous call
+(History, above).
 """
 
 from __future__ import annotations
@@ -332,7 +331,7 @@ class BlockWatch:
             if connection is not None:
                 self.suspects.add(connection)
                 # slow, for a path that blocks: it did
-                if path in self.blocking_paths and self._blocked(connection):
+                if path in self.blocking_paths and _stamp(self.blocked, connection):
                     self.on_change()
             self._judge(path, False)
 
@@ -356,7 +355,7 @@ class BlockWatch:
             self.blocked.pop(connection, None)
         elif longest_step > self.block:
             self.marked.add(connection)
-            self._blocked(connection)
+            _stamp(self.blocked, connection)
         else:
             self.marked.discard(connection)
             if seconds > self.block:
@@ -364,24 +363,22 @@ class BlockWatch:
         if was != (connection in self.marked, connection in self.blocked):
             self.on_change()
 
-    def _blocked(self, connection: object) -> bool:
-        """A request on ``connection`` was judged to have blocked, now; whether the
-        connection is new to ``blocked``."""
-        blocked = self.blocked
-        new = blocked.pop(connection, None) is None
-        blocked[connection] = perf_counter()
-        return new
-
     def _judge(self, path: str, blocked: bool) -> None:
         paths = self.paths
         if path not in paths and len(paths) >= MAX_PATHS:
             del paths[next(iter(paths))]
         paths[path] = blocked
-        if blocked:
-            blocking = self.blocking_paths
-            if blocking.pop(path, None) is None and len(blocking) >= MAX_PATHS:
-                del blocking[next(iter(blocking))]
-            blocking[path] = perf_counter()
+        blocking = self.blocking_paths
+        if blocked and _stamp(blocking, path) and len(blocking) > MAX_PATHS:
+            del blocking[next(iter(blocking))]
+
+
+def _stamp(since: dict[Any, float], key: Any) -> bool:
+    """``key`` was judged to have blocked now: move it to the newest end of ``since``
+    with the time; whether it is new there."""
+    new = since.pop(key, None) is None
+    since[key] = perf_counter()
+    return new
 
 
 def _expire(since: dict[Any, float], before: float) -> int:
