@@ -95,7 +95,8 @@ class AppConfig:
         WORKERS, "-i", "--workers", default=1,
         help="Number of worker processes, or 'max' for one per CPU.",
         doc="Number of worker processes: a whole number >= 1, or `max` for one per CPU "
-            "(`os.cpu_count()`).",
+            "the process may use (its affinity mask, capped by its cgroup's CPU quota: "
+            "`docker --cpus`, a Kubernetes CPU limit).",
     )
     bind: str = setting(
         BIND, "--bind", "-b", default="127.0.0.1:8000",

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pmx.cpus import usable_cpus
 from pmx.errors import ConfigError
 
 BALANCE_POLICIES = ("round-robin", "least-conn", "least-busy")
@@ -222,10 +223,11 @@ def check_name(value: str) -> str:
 
 
 def parse_workers(value: object) -> int:
-    """``4``, ``"4"`` or ``"max"`` (one worker per CPU)."""
+    """``4``, ``"4"`` or ``"max"`` (one worker per CPU the process may use:
+    pmx.cpus)."""
     text = str(value).strip()
     if text == "max":
-        return os.cpu_count() or 1
+        return usable_cpus()
     if isinstance(value, bool) or not _DIGITS.fullmatch(text) or int(text) < 1:
         raise ConfigError(
             "workers",

@@ -20,6 +20,7 @@ from pmx.config import (
     parse_seconds,
     parse_workers,
 )
+from pmx.cpus import usable_cpus
 from pmx.errors import ConfigError, PmxError
 
 
@@ -52,14 +53,9 @@ def test_parse_workers(value, expect):
     assert parse_workers(value) == expect
 
 
-def test_parse_workers_max_is_cpu_count():
-    assert parse_workers("max") == os.cpu_count()
-    assert parse_workers(" max ") == os.cpu_count()
-
-
-def test_parse_workers_max_without_cpu_count(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: None)
-    assert parse_workers("max") == 1
+def test_parse_workers_max_is_the_usable_cpu_count():
+    assert parse_workers("max") == usable_cpus() >= 1
+    assert parse_workers(" max ") == usable_cpus()
 
 
 @pytest.mark.parametrize(
@@ -404,7 +400,7 @@ def test_validate_parses_values():
         timeout_keep_alive="10",
         backlog="64",
     ).validate()
-    assert config.workers == os.cpu_count()
+    assert config.workers == usable_cpus()
     assert config.graceful_timeout == 2.5
     assert config.max_boot_failures == 3
     assert config.timeout_keep_alive == 10

@@ -4,6 +4,7 @@ import pytest
 
 from pmx.config import AppConfig
 from pmx.configfile import ConfigFileError, load_config_file, tomllib
+from pmx.cpus import usable_cpus
 from pmx.errors import PmxError
 
 APP = "examples.fastapi_app.main:app"
@@ -82,7 +83,7 @@ def test_defaults_filled(tmp_path):
 
 def test_workers_max(tmp_path):
     (config,) = load(tmp_path, f'[[app]]\napp = "{APP}"\nworkers = "max"\n')
-    assert config.workers == (os.cpu_count() or 1)
+    assert config.workers == usable_cpus()
 
 
 def test_numbers_as_strings(tmp_path):
