@@ -112,8 +112,10 @@ class AppConfig:
             "one holding a kept-alive connection whose requests block its loop, never one "
             "held by the app (blocked for 25 ms, or serving a request for a path that "
             "blocked last time) while another can take it; among equals the fewest open "
-            "connections, then the fewest requests in flight (ties go round robin). See "
-            "[architecture.md](architecture.md#balancing).",
+            "connections, then the fewest requests in flight (ties go round robin); or "
+            "`packed`, for more workers than CPUs: least-busy, but new connections go to "
+            "as many workers as there are CPUs (those not held by the app) before any "
+            "other. See [architecture.md](architecture.md#balancing).",
     )
     rebalance: str = setting(
         choice(REBALANCE_USES), "--rebalance", default="all",

@@ -200,13 +200,16 @@ class PmxRun:
     """A running ``pmx run`` and what the tests ask of it."""
 
     def __init__(self, args: list[str], port: int, env: dict[str, str], log: Path,
-                 nofile: int = 0) -> None:
+                 nofile: int = 0, cpus: set[int] | None = None) -> None:
         self.port = port
         self.log_path = log
         self.log_file = open(log, "wb")  # noqa: SIM115
 
-        def limit() -> None:  # in the child: its limit on open files, soft and hard
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        def limit() -> None:  # in the child: its limit on open files, its CPUs
+            if nofile:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            if cpus:
+                os.sched_setaffinity(0, cpus)
 
         self.proc = subprocess.Popen(
             [*PMX, "run", *args],
@@ -216,7 +219,7 @@ class PmxRun:
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=limit if nofile else None,
+            preexec_fn=limit if nofile or cpus else None,
         )
 
     @property
@@ -273,14 +276,14 @@ def pmx_run(tmp_path: Path) -> Iterator[Callable[..., PmxRun]]:
 
     def start(
         *args: str, port: int | None = None, env: dict[str, str] | None = None,
-        bind: str | None = None, nofile: int = 0,
+        bind: str | None = None, nofile: int = 0, cpus: set[int] | None = None,
     ) -> PmxRun:
         port = port or free_port()
         full_env = dict(os.environ)
         full_env.update(env or {})
         run = PmxRun(
             [*args, "--bind", bind or f"127.0.0.1:{port}"], port, full_env,
-            tmp_path / f"pmx-{len(started)}.log", nofile,
+            tmp_path / f"pmx-{len(started)}.log", nofile, cpus,
         )
         started.append(run)
         return run

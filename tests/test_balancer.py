@@ -6,7 +6,9 @@ import pytest
 from pmx.master.balancer import (
     POLICIES,
     STUCK,
+    LeastBusy,
     LeastConnections,
+    Packed,
     RoundRobin,
     Snapshot,
     make_policy,
@@ -48,7 +50,8 @@ def pick_ids(policy, candidates, times, count_load=False):
 
 
 @pytest.mark.parametrize(
-    ("name", "cls"), [("round-robin", RoundRobin), ("least-conn", LeastConnections)]
+    ("name", "cls"), [("round-robin", RoundRobin), ("least-conn", LeastConnections),
+                      ("least-busy", LeastBusy), ("packed", Packed)]
 )
 def test_make_policy(name, cls):
     policy = make_policy(name)
@@ -346,6 +349,71 @@ def test_least_busy_ties_go_round_robin():
     policy = make_policy("least-busy")
     candidates = workers(1, 1, 1)
     assert [policy.pick(candidates).id for _ in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+# -- packed ------------------------------------------------------------------------------
+
+
+def accepted(policy, candidates, count):
+    return policy.share_accepted(policy.ranks(candidates, 0.0), count)
+
+
+def test_make_policy_gives_packed_the_cpu_count():
+    assert make_policy("packed", 3).cores == 3
+    assert make_policy("packed", 0).cores == 1
+
+
+def test_packed_fills_as_many_workers_as_cpus_with_new_connections():
+    policy = make_policy("packed", 2)
+    candidates = workers(0, 0, 0, 0)
+    assert accepted(policy, candidates, 10) == [5, 5, 0, 0]
+    # Whatever they hold already: the others are woken only for a reason.
+    assert accepted(policy, workers(9, 7, 0, 0), 3) == [1, 2, 0, 0]
+
+
+def test_packed_places_connections_handed_back_by_count():
+    # Idle kept-alive connections (a join, a drain) go where connections are fewest.
+    policy = make_policy("packed", 2)
+    assert policy.spread(workers(3, 3, 0, 0), 6) == [0, 0, 3, 3]
+
+
+@pytest.mark.parametrize("held", [
+    {"holding": 1, "inflight": 1},  # a request for a path that blocked
+    {"blockers": 1},  # a connection that blocks
+    {"inflight": 1, "stuck": 0.040},  # held for longer than a CPU wait
+    {"full": True},
+])
+def test_packed_replaces_a_worker_held_by_its_app_with_the_next_one(held):
+    policy = make_policy("packed", 2)
+    candidates = workers(0, 0, 0, 0)
+    for key, value in held.items():
+        setattr(candidates[0], key, value)
+    assert accepted(policy, candidates, 6) == [0, 3, 3, 0]
+
+
+def test_packed_keeps_a_loop_stuck_briefly_active():
+    # With more loops runnable than CPUs, a loop stuck for a few ms most likely waits for
+    # a CPU, which a spare woken for the connection would wait for too.
+    policy = make_policy("packed", 2)
+    candidates = workers(0, 0, 0, 0)
+    candidates[0].inflight, candidates[0].stuck = 1, 0.010
+    assert accepted(policy, candidates, 4) == [0, 4, 0, 0]  # the one turning first
+    candidates[1].inflight, candidates[1].stuck = 1, 0.010
+    assert accepted(policy, candidates, 4) == [2, 2, 0, 0]
+
+
+def test_packed_with_a_worker_per_cpu_is_least_busy():
+    packed, least_busy = make_policy("packed", 4), make_policy("least-busy")
+    for loads in [(0, 0, 0, 0), (3, 0, 7, 1)]:
+        candidates = workers(*loads)
+        candidates[1].blockers = 1
+        assert accepted(packed, candidates, 9) == accepted(least_busy, candidates, 9)
+
+
+def test_packed_waits_while_every_loop_is_held():
+    policy = make_policy("packed", 1)
+    held = [Worker(id=0, inflight=1, stuck=0.040), Worker(id=1, inflight=1, holding=1)]
+    assert policy.waits(policy.ranks(held, 0.0))
 
 
 # -- spread: a batch of connections at once ---------------------------------------------

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 
+import psutil
 import pytest
 
 from tests.conftest import Hold, free_port, get, listen_queue, wait_for
@@ -365,3 +366,47 @@ def read_kept_alive_pid(sock: socket.socket) -> int:
     while len(body) < length:
         body += sock.recv(4096)
     return int(body)
+
+
+def first_cpus(count: int) -> set[int]:
+    return set(sorted(os.sched_getaffinity(0))[:count])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_packed_serves_new_connections_on_as_many_workers_as_cpus(pmx_run):
+    """4 workers confined to 2 CPUs: packed hands new connections to the first two
+    workers, and wakes the others only when one of those is held by its app. (Spread,
+    least-busy would give each of the 4 a quarter.) On a loaded machine a worker may
+    be stuck long enough to count as held now and then, hence not all 40."""
+    run = pmx_run("tests.apps.plain:app", "-i", "4", "--balance", "packed",
+                  cpus=first_cpus(2))
+    run.wait_serving(4)
+    served = Counter()
+    for _ in range(40):
+        conn, worker_id = open_on_worker(run.port)
+        conn.close()
+        served[worker_id] += 1
+    assert served["1"] + served["2"] >= 30, served
+    assert served["1"] and served["2"], served  # both active ones, in turn
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_packed_replaces_a_held_worker_with_the_next_one(pmx_run, tmp_path):
+    """One of the two active workers is blocked in a synchronous call: the next worker
+    takes its place, so new connections go to two workers that run, never to the blocked
+    one, and never to the fourth (not needed while two others turn)."""
+    run = pmx_run("tests.apps.plain:app", "-i", "4", "--balance", "packed",
+                  cpus=first_cpus(2))
+    run.wait_serving(4)
+    hold = Hold(run.port, tmp_path / "block")
+    try:
+        # Held, not merely stuck (a CPU wait): its loop has been stuck for HELD_STUCK.
+        wait_for(lambda: time.monotonic() > hold.started + 0.05, 5, "the block to last")
+        served = Counter(open_on_worker(run.port)[1] for _ in range(30))
+    finally:
+        blocked = hold.release()
+    # Its id from its title ("pmx: worker NAME#ID").
+    blocked_id = " ".join(psutil.Process(int(blocked)).cmdline()).rpartition("#")[2].strip()
+    assert blocked_id in ("1", "2")
+    assert blocked_id not in served
+    assert "3" in served and "4" not in served, served

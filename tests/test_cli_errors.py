@@ -46,7 +46,7 @@ def pmx_run_to_exit(*args: str) -> tuple[int, str]:
          "expected a whole number >= 1 or 'max'."),
         ([APP, "--balance", "fastest"], 2,
          "Error: Invalid value for '--balance': 'fastest' is not one of 'round-robin', "
-         "'least-conn', 'least-busy'."),
+         "'least-conn', 'least-busy', 'packed'."),
         ([APP, "--bind", "localhost"], 2,
          "Error: Invalid value for '--bind': 'localhost' is not a valid bind address: "
          "expected HOST:PORT or unix:PATH."),

@@ -47,6 +47,7 @@ from setproctitle import setproctitle
 from pmx import channel, wire
 from pmx.backoff import Backoff
 from pmx.config import AppConfig, parse_bind
+from pmx.cpus import usable_cpus
 from pmx.errors import AppErrored, BootError, PmxError
 from pmx.limits import raise_fd_limit
 from pmx.listening import bound_address, listen
@@ -96,7 +97,7 @@ class Master:
         self.owns_listener = listener is None
         self.log_prefix = log_prefix  # workers prefix their output lines with their id
         self.address = config.bind_address
-        self.policy = make_policy(config.balance)
+        self.policy = make_policy(config.balance, usable_cpus())
         self.lifecycle = Lifecycle(f"app {config.name}", MASTER_FLOW, log)
         self.live: list[Worker] = []  # every worker process not reaped yet
         self.backoffs: dict[int, Backoff] = {}
@@ -252,7 +253,7 @@ class Master:
         worker = self.launcher(
             self.config, slot_id, self.clock(), replacement=replacement,
             log_prefix=self.log_prefix, live_load=self.policy.name != "round-robin",
-            watch_blocks=self.policy.name == "least-busy",
+            watch_blocks=self.policy.watches_loops,
         )
         self.live.append(worker)
         loop = asyncio.get_running_loop()

@@ -61,6 +61,24 @@ each worker by, in order:
 Nothing in the rank decays or is tuned to a workload: each part is a fact about the
 worker at the moment of the pick, and each rule says why it predicts a wait.
 
+packed, for more workers than CPUs
+----------------------------------
+With more workers than the CPUs they may use (C, pmx.cpus), spreading costs CPU: each
+worker serves its share and sleeps, so nearly every request wakes a process whose
+caches the others have filled since it last ran (docs/architecture.md, "More workers
+than cores"). packed ranks as least-busy does, with two changes for a connection just
+accepted, whose request is about to be served. The first C workers not held by their
+app (a connection that blocks, a request for a path that blocks, held for over
+``HELD_STUCK``, or full) are *active*, and an active worker comes before any other
+whatever its load. Within the active ones, and then among the others, least-busy's
+rank decides. A loop merely stuck stays active: with more loops runnable than CPUs it
+most likely waits for a CPU, which a spare woken for the connection would wait for
+too. Connections handed back idle between two requests (a join, a drain) are placed
+as least-busy places them, where connections are fewest. What packed gives up:
+connections opened together are not spread evenly, and when a loop starts to block
+more connections are already waiting in it than when they are spread
+(docs/benchmarks.md has both).
+
 To add a policy, write one class with a ``name``, ``ranks`` and ``share`` (and
 ``waits`` if it ever holds connections back) and list it in ``POLICIES``.
 """
@@ -112,12 +130,15 @@ C = TypeVar("C", bound=Candidate)
 
 class Policy(Protocol):
     name: str
+    watches_loops: bool
 
     def ranks(self, candidates: Sequence[C], now: float) -> list[Any]: ...
 
     def waits(self, ranks: list[Any]) -> bool: ...
 
     def share(self, ranks: list[Any], count: int) -> list[int]: ...
+
+    def share_accepted(self, ranks: list[Any], count: int) -> list[int]: ...
 
     def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None: ...
 
@@ -128,6 +149,10 @@ class _Base:
     """``pick`` and ``spread`` from ``ranks`` and ``share``; nobody waits."""
 
     name = ""
+    # Ranks by the state of each worker's loop: its workers watch for requests that
+    # block (pmx.worker.blocks), and the dispatcher takes back what a stuck one left
+    # unread.
+    watches_loops = False
 
     def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
         raise NotImplementedError
@@ -137,6 +162,12 @@ class _Base:
 
     def waits(self, ranks: list[Any]) -> bool:
         return False
+
+    def share_accepted(self, ranks: list[Any], count: int) -> list[int]:
+        """``share`` for connections just accepted (or left unread by a stuck worker),
+        whose request is about to be served; ``share`` alone places connections handed
+        back, idle between two requests. The same for every policy but packed."""
+        return self.share(ranks, count)
 
     def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None:
         if not candidates:
@@ -260,6 +291,7 @@ class LeastBusy(_Least):
     (see the module docstring)."""
 
     name = "least-busy"
+    watches_loops = True
 
     def rank(self, candidate: Any, now: float) -> tuple[int, int, int]:
         return busy_rank(candidate.snapshot(now))
@@ -276,13 +308,53 @@ class LeastBusy(_Least):
         return (kind, load + 1, inflight)
 
 
-Policy_ = RoundRobin | LeastConnections | LeastBusy
+class Packed(LeastBusy):
+    """least-busy, but connections just accepted fill the first ``cores`` workers not
+    held by their app before any other (see the module docstring)."""
+
+    name = "packed"
+
+    def __init__(self, cores: int = 1) -> None:
+        super().__init__()
+        self.cores = max(1, cores)
+
+    def share_accepted(self, ranks: list[Any], count: int) -> list[int]:
+        packed = packed_ranks(ranks, self.cores)
+        counts = [0] * len(ranks)
+        for _ in range(count):
+            index = self._lowest(packed)
+            held, spare, kind, load, inflight = packed[index]
+            packed[index] = (held, spare, kind, load + 1, inflight)
+            counts[index] += 1
+            self.cursor = index + 1
+        return counts
+
+
+def packed_ranks(ranks: Sequence[tuple[int, int, int]], cores: int,
+                 ) -> list[tuple[bool, bool, int, int, int]]:
+    """packed's rank of each worker from least-busy's: (held by its app, spare, then
+    least-busy's rank). The active workers are the first ``cores`` not held."""
+    packed = []
+    active = 0
+    for kind, load, inflight in ranks:
+        held = kind >= BLOCKER
+        spare = held or active >= cores
+        active += not spare
+        packed.append((held, spare, kind, load, inflight))
+    return packed
+
+
+Policy_ = RoundRobin | LeastConnections | LeastBusy | Packed
 POLICIES: dict[str, type[Policy_]] = {
     RoundRobin.name: RoundRobin,
     LeastConnections.name: LeastConnections,
     LeastBusy.name: LeastBusy,
+    Packed.name: Packed,
 }
 
 
-def make_policy(name: str) -> Policy_:
+def make_policy(name: str, cores: int = 1) -> Policy_:
+    """The policy called ``name``; ``cores``: the CPUs the workers may use (packed)."""
+    if name == Packed.name:
+        return Packed(cores)
     return POLICIES[name]()

@@ -7,8 +7,9 @@ Every fd it accepts is sent to a worker or closed within the same callback: the 
 never keeps a connection and never reads from one.
 
 Accepting is batched: up to ACCEPT_BATCH connections per readiness callback are accepted
-first, then shared out by the policy in one go (``share``) and sent as one message per
-worker (several fds in one SCM_RIGHTS).
+first, then shared out by the policy in one go (``share_accepted``: packed places these
+apart from idle ones handed back) and sent as one message per worker (several fds in
+one SCM_RIGHTS).
 
 Before accepting, the policy ranks the workers; if it ``waits`` (least-busy: every
 worker's loop is stuck), nothing is accepted: the watch on the socket is paused and the
@@ -64,7 +65,7 @@ class Dispatcher:
         self.waiting: asyncio.TimerHandle | None = None  # the next look while waiting
         self.accept_errors = 0  # failed accepts in the current episode
         # least-busy: take back connections left unread by a worker whose loop stopped
-        self.reclaims = policy.name == "least-busy"
+        self.reclaims = policy.watches_loops
         self.unread_check: asyncio.TimerHandle | None = None
         # Whether another connection waits in the backlog: poll() says so in well under
         # a microsecond, an accept() that fails with EAGAIN in about 3 µs (the exception).
@@ -158,15 +159,17 @@ class Dispatcher:
             log.warning("accepting again after %d failed accept(s)", self.accept_errors)
             self.accept_errors = 0
         if fds:
-            self._share(rotation, ranks, fds, now)
+            self._share(rotation, ranks, fds, now, accepted=True)
 
     def _share(self, workers: list[Worker], ranks: list[Any], fds: list[int],
-               now: float) -> int:
+               now: float, accepted: bool = False) -> int:
         """Send ``fds`` to ``workers`` as the policy shares them out by ``ranks``, one
-        message per worker, then close the master's copies. Returns how many were sent."""
+        message per worker, then close the master's copies. Returns how many were sent.
+        ``accepted``: connections not yet served, not ones handed back idle."""
         sent = 0
         try:
-            counts = self.policy.share(ranks, len(fds))
+            share = self.policy.share_accepted if accepted else self.policy.share
+            counts = share(ranks, len(fds))
             first = 0
             for worker, count in zip(workers, counts, strict=True):
                 if count:
@@ -261,7 +264,7 @@ class Dispatcher:
             if fds:
                 pairs = [(w, r) for w, r in zip(rotation, ranks, strict=True) if r[0] == best]
                 worker.reclaimed += self._share([w for w, _ in pairs], [r for _, r in pairs],
-                                                fds, now)
+                                                fds, now, accepted=True)
                 moved = True
         return moved
 
