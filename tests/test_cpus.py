@@ -41,25 +41,24 @@ def test_quota_v1():
     assert quota_v1("", "100000") is None
 
 
-def test_a_container_limited_to_two_cpus_on_a_big_host_gets_two():
-    files = {
+def v2_root(cpu_max: str) -> dict[str, str]:
+    """A process in the root of a cgroup v2 mount (as in a container) with this quota."""
+    return {
         "/proc/self/cgroup": "0::/\n",
         "/proc/self/mountinfo": V2_MOUNT,
-        "/sys/fs/cgroup/cpu.max": "200000 100000\n",
+        "/sys/fs/cgroup/cpu.max": cpu_max,
     }
-    assert usable_cpus(fake(files), affinity=lambda: 64) == 2
 
 
-def test_a_fractional_quota_rounds_up_and_the_affinity_caps_it():
-    files = {
-        "/proc/self/cgroup": "0::/\n",
-        "/proc/self/mountinfo": V2_MOUNT,
-        "/sys/fs/cgroup/cpu.max": "150000 100000\n",
-    }
-    assert usable_cpus(fake(files), affinity=lambda: 64) == 2
-    assert usable_cpus(fake(files), affinity=lambda: 1) == 1
-    files["/sys/fs/cgroup/cpu.max"] = "10000 100000\n"  # a tenth of a CPU: still one
-    assert usable_cpus(fake(files), affinity=lambda: 8) == 1
+@pytest.mark.parametrize(("cpu_max", "affinity", "expect"), [
+    ("200000 100000\n", 64, 2),  # a container limited to 2 CPUs on a big host
+    ("150000 100000\n", 64, 2),  # a fractional quota rounds up
+    ("150000 100000\n", 1, 1),  # and the affinity caps it
+    ("10000 100000\n", 8, 1),  # a tenth of a CPU: still one
+    ("max 100000\n", 8, 8),  # no quota
+])
+def test_the_quota_caps_the_affinity(cpu_max, affinity, expect):
+    assert usable_cpus(fake(v2_root(cpu_max)), affinity=lambda: affinity) == expect
 
 
 def test_the_tightest_quota_along_the_ancestors_counts():
@@ -88,12 +87,9 @@ def test_cgroup_v1_cpu_controller():
 
 def test_a_cgroup_namespace_shows_the_own_group_as_the_mount_root():
     # Inside a container with its own cgroup namespace, /proc/self/cgroup says "/" and
-    # the limit is in the mount's top directory.
-    files = {
-        "/proc/self/cgroup": "0::/\n",
-        "/proc/self/mountinfo": "30 23 0:27 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n",
-        "/sys/fs/cgroup/cpu.max": "100000 100000\n",
-    }
+    # the limit is in the mount's top directory (mounted read-only).
+    files = v2_root("100000 100000\n")
+    files["/proc/self/mountinfo"] = "30 23 0:27 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n"
     assert usable_cpus(fake(files), affinity=lambda: 4) == 1
 
 

@@ -228,11 +228,14 @@ class _Least(_Base):
         return [rank(candidate, now) for candidate in candidates]
 
     def share(self, ranks: list[Any], count: int) -> list[int]:
-        ranks = list(ranks)
+        return self._share(list(ranks), count, self.bump)
+
+    def _share(self, ranks: list[Any], count: int, bump: Callable[[Any], Any]) -> list[int]:
+        """``count`` picks of the lowest of ``ranks`` (changed in place), each rank
+        ``bump``ed as its candidate is picked; how many each got."""
         counts = [0] * len(ranks)
         if not ranks:
             return counts
-        bump = self.bump
         for _ in range(count):
             index = self._lowest(ranks)
             ranks[index] = bump(ranks[index])
@@ -319,15 +322,12 @@ class Packed(LeastBusy):
         self.cores = max(1, cores)
 
     def share_accepted(self, ranks: list[Any], count: int) -> list[int]:
-        packed = packed_ranks(ranks, self.cores)
-        counts = [0] * len(ranks)
-        for _ in range(count):
-            index = self._lowest(packed)
-            held, spare, kind, load, inflight = packed[index]
-            packed[index] = (held, spare, kind, load + 1, inflight)
-            counts[index] += 1
-            self.cursor = index + 1
-        return counts
+        return self._share(packed_ranks(ranks, self.cores), count, self.bump_packed)
+
+    @staticmethod
+    def bump_packed(rank: tuple[bool, bool, int, int, int]) -> tuple[bool, bool, int, int, int]:
+        held, spare, kind, load, inflight = rank
+        return (held, spare, kind, load + 1, inflight)
 
 
 def packed_ranks(ranks: Sequence[tuple[int, int, int]], cores: int,

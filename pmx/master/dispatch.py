@@ -64,7 +64,8 @@ class Dispatcher:
         self.closed = False
         self.waiting: asyncio.TimerHandle | None = None  # the next look while waiting
         self.accept_errors = 0  # failed accepts in the current episode
-        # least-busy: take back connections left unread by a worker whose loop stopped
+        # least-busy, packed: take back connections left unread by a worker whose loop
+        # stopped
         self.reclaims = policy.watches_loops
         self.unread_check: asyncio.TimerHandle | None = None
         # Whether another connection waits in the backlog: poll() says so in well under
