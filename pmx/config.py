@@ -126,7 +126,7 @@ class AppConfig:
         doc="Move idle kept-alive connections between workers. `join`: when a worker "
             "joins the rotation (scale-up, a respawn) the busiest workers hand it their "
             "excess. `drain`: a draining worker (reload, recycling, scale-down) hands its "
-            "connections on instead of closing them. `gather` (with `least-busy`): "
+            "connections on instead of closing them. `gather` (with `least-busy` or `packed`): "
             "connections whose requests have blocked the event loop (every time, or now "
             "and then) are gathered on at most half the workers, leaving the other loops "
             "free, while more clients gain from it than lose. `all`: all "
