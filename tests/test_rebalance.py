@@ -133,8 +133,11 @@ def test_scale_up_spreads_a_kept_alive_pool_within_a_second_then_scale_down_clos
         pmx_run):
     run, admin = two_workers_with_admin(pmx_run)
     pool = Pool(run.port, 64)
-    first = set(pool.round())
-    assert len(first) == 2
+    # Where the 64 land first is least-busy's call: on a loaded machine a worker that
+    # has not read its first connection for 25 ms looks stuck, and the rest go to the
+    # other one. Evening out works from any start.
+    first = pool.round()
+    assert len(first) == 64 and set(first) <= run.worker_pids()
     with Driver(pool) as driver:
         driver.round_after(time.monotonic())
         run.signal(signal.SIGTTIN)
