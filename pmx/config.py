@@ -120,17 +120,20 @@ class AppConfig:
     rebalance: str = setting(
         choice(REBALANCE_USES), "--rebalance", default="all",
         help="Move idle kept-alive connections between workers: to a worker joining the "
-             "rotation (join), from a draining one instead of closing them (drain), those "
-             "that block the loop onto fewer workers (gather), all three (all) or never "
-             "(off).",
+             "rotation (join), from workers left holding more than their share (even), "
+             "from a draining one instead of closing them (drain), those that block the "
+             "loop onto fewer workers (gather), all four (all) or never (off).",
         doc="Move idle kept-alive connections between workers. `join`: when a worker "
             "joins the rotation (scale-up, a respawn) the busiest workers hand it their "
-            "excess. `drain`: a draining worker (reload, recycling, scale-down) hands its "
-            "connections on instead of closing them. `gather` (with `least-busy` or `packed`): "
+            "excess. `even`: when the same workers hold more than an even share at two "
+            "looks half a second apart while no loop is blocked (a pool opened while a "
+            "loop was stuck), they hand the excess on (not with `packed`). `drain`: a "
+            "draining worker (reload, recycling, scale-down) hands its connections on "
+            "instead of closing them. `gather` (with `least-busy` or `packed`): "
             "connections whose requests have blocked the event loop (every time, or now "
             "and then) are gathered on at most half the workers, leaving the other loops "
             "free, while more clients gain from it than lose. `all`: all "
-            "three; `off`: each connection stays on its first worker. See "
+            "four; `off`: each connection stays on its first worker. See "
             "[architecture.md](architecture.md#moving-kept-alive-connections-rebalancing).",
     )
     interface: str = setting(

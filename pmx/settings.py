@@ -31,7 +31,7 @@ from pmx.cpus import usable_cpus
 from pmx.errors import ConfigError
 
 BALANCE_POLICIES = ("round-robin", "least-conn", "least-busy", "packed")
-REBALANCE_USES = ("all", "join", "drain", "gather", "off")
+REBALANCE_USES = ("all", "join", "even", "drain", "gather", "off")
 INTERFACES = ("auto", "asgi", "wsgi")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 

@@ -15,7 +15,8 @@ import uvloop
 
 from pmx import channel
 from pmx.config import AppConfig
-from pmx.master.rebalance import Rebalancer, gather_pays, gathering, releases
+from pmx.loadslot import Load
+from pmx.master.rebalance import Rebalancer, calm, gather_pays, gathering, lasting, releases
 from pmx.worker.blocks import BlockWatch
 from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.handback import HandBack
@@ -370,7 +371,7 @@ def test_a_replacement_joining_starts_no_evening_out():
     out the others first would move some connections twice in a rolling reload."""
 
     async def scenario() -> None:
-        dispatch: Any = SimpleNamespace(rotation=[], closed=False)
+        dispatch: Any = SimpleNamespace(rotation=[], closed=False, policy=EVENS)
         rebalancer = Rebalancer(dispatch, "all")
         rebalancer.joined(SimpleNamespace(replacement=True))  # type: ignore[arg-type]
         assert rebalancer.timer is None
@@ -381,21 +382,87 @@ def test_a_replacement_joining_starts_no_evening_out():
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize(("uses", "evens_out", "hands_on"), [
-    ("all", True, True), ("join", True, False), ("drain", False, True), ("off", False, False),
+@pytest.mark.parametrize(("uses", "evens_out", "uneven", "hands_on"), [
+    ("all", True, True, True), ("join", True, False, False), ("even", False, True, False),
+    ("drain", False, False, True), ("off", False, False, False),
 ])
-def test_each_use_of_rebalancing_is_switched_on_its_own(uses, evens_out, hands_on):
-    """--rebalance join: a worker joining gets its share, a draining one closes its
-    connections; drain: the other way round; off: neither."""
+def test_each_use_of_rebalancing_is_switched_on_its_own(uses, evens_out, uneven, hands_on):
+    """--rebalance join: a worker joining gets its share, and nothing else moves;
+    even: counts left uneven are evened out; drain: a draining worker hands its
+    connections on instead of closing them; off: none of these."""
 
-    async def scenario() -> tuple[bool, bytes]:
-        dispatch: Any = SimpleNamespace(rotation=[object()], closed=False)
+    async def scenario() -> tuple[bool, bool, bytes]:
+        dispatch: Any = SimpleNamespace(rotation=[object()], closed=False, policy=EVENS)
         rebalancer = Rebalancer(dispatch, uses)
         rebalancer.joined(SimpleNamespace(replacement=False))  # type: ignore[arg-type]
         started = rebalancer.timer is not None
         rebalancer.close()
-        return started, rebalancer.stop_message()
+        rebalancer.start()
+        looks = rebalancer.even_timer is not None
+        rebalancer.close()
+        return started, looks, rebalancer.stop_message()
 
-    started, stop = asyncio.run(scenario())
+    started, looks, stop = asyncio.run(scenario())
     assert started is evens_out
+    assert looks is uneven
     assert stop == (channel.STOP_HANDING_BACK if hands_on else channel.STOP)
+
+
+EVENS = SimpleNamespace(evens_out=True)
+
+
+@pytest.mark.parametrize(("before", "now", "lasts"), [
+    ({1: 0, 2: 3}, {1: 0, 2: 2}, {2: 2}),  # the same worker, twice: the smaller excess
+    ({1: 0, 2: 1}, {1: 0, 2: 5}, {2: 1}),  # four came since: they may not stay
+    ({}, {1: 4, 2: 0}, {}),  # the first look
+    ({1: 2, 2: 0}, {1: 0, 2: 2}, {}),  # connections that came and went
+    ({1: 2, 2: 0}, {2: 0, 3: 2}, {}),  # worker 1 left; 3 is new
+])
+def test_an_excess_lasts_when_the_same_worker_held_it_at_two_looks(before, now, lasts):
+    assert lasting(before, now) == lasts
+
+
+@pytest.mark.parametrize(("report", "stuck", "is_calm"), [
+    (Load(connections=20), 0.0, True),
+    (Load(connections=20, blockers=1), 0.0, False),  # a connection whose requests block
+    (Load(connections=20, holding=1), 0.0, False),  # a request for a path that blocks
+    (Load(connections=20, blocked=8), 0.0, True),  # a release leaves those alone
+    (Load(connections=20), 0.010, True),  # a burst of requests served in one go
+    (Load(connections=20), 0.030, False),  # its loop is held now
+])
+def test_counts_are_evened_out_only_between_calm_loops(report, stuck, is_calm):
+    assert calm(report, stuck) is is_calm
+
+
+def _fake_worker(worker_id: int, load: int, report: Load | None = None) -> Any:
+    return SimpleNamespace(id=worker_id, load=load, report=report or Load(connections=load),
+                           snapshot=lambda now: SimpleNamespace(stuck=0.0))
+
+
+@pytest.mark.parametrize(("policy", "second", "evened"), [
+    (EVENS, [20, 0], True),  # uneven at two looks: evened out
+    (EVENS, [10, 10], False),  # even again at the second look
+    (SimpleNamespace(evens_out=False), [20, 0], False),  # packed: uneven by design
+    (EVENS, [20, 0, "holding"], False),  # a loop held by a request that blocks
+    (EVENS, [20, 0, "blocked"], False),  # the 20 have blocked: a release moves none
+])
+def test_counts_uneven_at_two_looks_in_a_row_start_an_evening_out(policy, second, evened):
+    async def scenario() -> bool:
+        first = _fake_worker(1, 20, Load(connections=20, blocked=20 if "blocked" in second
+                                          else 0))
+        dispatch: Any = SimpleNamespace(closed=False, policy=policy,
+                                        rotation=[first, _fake_worker(2, 0)])
+        rebalancer = Rebalancer(dispatch, "all")
+        rebalancer.start()
+        if rebalancer.even_timer is None:
+            return False  # it never looks
+        rebalancer._even_round()
+        assert rebalancer.timer is None  # one look is not enough
+        dispatch.rotation = [_fake_worker(1, second[0], first.report), _fake_worker(
+            2, second[1], Load(holding=1) if "holding" in second else None)]
+        rebalancer._even_round()
+        started = rebalancer.timer is not None
+        rebalancer.close()
+        return started
+
+    assert asyncio.run(scenario()) is evened

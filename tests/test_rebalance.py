@@ -14,7 +14,10 @@ import socket
 import threading
 import time
 
-from tests.conftest import SteadyLoad, established, free_port, get, wait_for
+import pytest
+
+from pmx.master.rebalance import WINDOW
+from tests.conftest import Hold, SteadyLoad, established, free_port, get, wait_for
 
 GET = b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -221,6 +224,46 @@ def test_no_rebalance_leaves_kept_alive_connections_where_they_are(pmx_run):
     [new] = run.worker_pids() - {old}
     wait_for(lambda: get(run.port)[1] == str(new), 10, "the new worker in rotation")
     assert set(pool.round()) == {old}
+    pool.close()
+
+
+@pytest.mark.parametrize("uses", ["all", "join"])
+def test_a_pool_opened_while_a_loop_was_blocked_evens_out_once_it_turns(pmx_run, tmp_path,
+                                                                       uses):
+    """While one worker's loop is blocked, least-busy gives a pool of kept-alive
+    connections to the other. Once the loop turns again, ``even`` (part of ``all``)
+    moves half of them over; with ``join`` alone they stay where they are."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", "--no-access-log", "--rebalance", uses,
+                  *IDLE)
+    run.wait_serving(2)
+    joined = time.monotonic()  # no evening out after the last join any more:
+    wait_for(lambda: time.monotonic() > joined + WINDOW, WINDOW + 1, "the join's window")
+    hold = Hold(run.port, tmp_path / "block")
+    try:
+        pool = Pool(run.port, 20)
+        first = pool.round()
+    finally:
+        blocked = int(hold.release())
+    assert len(set(first)) == 1 and blocked not in first
+    with Driver(pool) as driver:
+        if uses == "all":
+            seen: list[collections.Counter[int]] = []
+
+            def even() -> list[int] | None:
+                pids = driver.round_after(time.monotonic())
+                seen.append(collections.Counter(pids))
+                return pids if len(set(pids)) == 2 and spread(pids) <= 1.1 else None
+            try:
+                pids = wait_for(even, 10, "the pool evened out over both workers")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {seen[-3:]}\n{run.log()[-2000:]}") from None
+            assert collections.Counter(pids)[blocked] == 10
+        else:
+            deadline = time.monotonic() + 2.5
+            while time.monotonic() < deadline:
+                assert set(driver.round_after(time.monotonic())) == set(first)
+    assert not driver.failures, driver.failures
+    assert pool.nothing_more()
     pool.close()
 
 

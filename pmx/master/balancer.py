@@ -131,6 +131,7 @@ C = TypeVar("C", bound=Candidate)
 class Policy(Protocol):
     name: str
     watches_loops: bool
+    evens_out: bool
 
     def ranks(self, candidates: Sequence[C], now: float) -> list[Any]: ...
 
@@ -153,6 +154,8 @@ class _Base:
     # block (pmx.worker.blocks), and the dispatcher takes back what a stuck one left
     # unread.
     watches_loops = False
+    # Kept-alive connections left uneven are evened out (pmx.master.rebalance ``even``).
+    evens_out = True
 
     def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
         raise NotImplementedError
@@ -316,6 +319,7 @@ class Packed(LeastBusy):
     held by their app before any other (see the module docstring)."""
 
     name = "packed"
+    evens_out = False  # its counts are uneven by design
 
     def __init__(self, cores: int = 1) -> None:
         super().__init__()

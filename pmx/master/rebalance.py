@@ -1,5 +1,6 @@
 """Moving kept-alive connections between workers (``--rebalance``: every use by default,
-``all``; each can be had alone, ``join``, ``drain`` or ``gather``; or none, ``off``).
+``all``; each can be had alone, ``join``, ``even``, ``drain`` or ``gather``; or none,
+``off``).
 
 A kept-alive connection stays with the worker that first got it; the kernel cannot
 move an accepted connection, but the master can, since it passes fds: a worker hands
@@ -14,6 +15,20 @@ balancing policy, as if it had just been accepted. Three uses:
   asks again while the counts differ by more than one. Not for a replacement (reload, recycling):
   the worker it replaces drains right after and hands it its connections, and evening
   out the others first would move some of them twice.
+- **Counts left uneven** (``even``): the policy places each connection once, from what
+  it sees then, and a kept-alive one stays. A worker whose loop was stuck for a moment
+  (a blocking request, or on a busy machine a wait for a CPU) was passed over, and a
+  pool opened meanwhile stays on the others after the loop turns again; nothing but a
+  join would even it out. So every EVEN_ROUND seconds the master looks at the counts,
+  and when the same workers held more than an even share at two looks in a row, it
+  evens them out as after a join (``lasting``). Two looks: a connection opened for one
+  request lives for milliseconds, so an excess seen twice, half a second apart, is
+  made of connections that stay. Only while every loop is calm (``calm``): while
+  least-busy keeps new connections away from a worker on purpose, because a
+  connection or request there blocks its loop, or the loop is held, fewer connections
+  there is right. A release never moves a connection that has blocked (below), so
+  evening out leaves gathering's work alone. Not with packed, whose counts are uneven
+  by design.
 - **A worker drains** (``drain``: reload, recycling, scale-down, a worker's SIGTERM): its
   STOP is ``S`` 1, and it hands back every kept-alive connection as it turns idle
   instead of closing it. Only at a full stop (the dispatcher is closed: no worker can
@@ -63,9 +78,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 from pmx import channel
+from pmx.loadslot import Load
+from pmx.master.balancer import HELD_STUCK
 from pmx.master.dispatch import Dispatcher
 from pmx.master.workers import Worker
 
@@ -74,6 +92,7 @@ log = logging.getLogger("pmx.master")
 ROUND = 0.05  # seconds between two looks at the counts after a worker joined
 WINDOW = 1.5  # seconds after a join during which uneven counts are evened out
 GATHER_ROUND = 0.1  # seconds between two looks at where the connections that block are
+EVEN_ROUND = 0.5  # seconds between two looks at whether the counts stay uneven
 
 
 def releases(loads: Sequence[int]) -> list[int]:
@@ -84,6 +103,26 @@ def releases(loads: Sequence[int]) -> list[int]:
         return [0] * len(loads)
     share = -(-sum(loads) // len(loads))
     return [max(0, load - share) for load in loads]
+
+
+def lasting(before: Mapping[int, int], now: Mapping[int, int]) -> dict[int, int]:
+    """Of the excess each worker holds now (``releases`` by worker id), what it also
+    held at the look before: the smaller of the two, and nothing for a worker that was
+    not in both looks. Connections that come and go between the looks leave no lasting
+    excess."""
+    return {i: min(count, before[i]) for i, count in now.items()
+            if count and before.get(i)}
+
+
+def calm(report: Load, stuck: float) -> bool:
+    """Whether a worker's counts can be evened out: the policy does not keep new
+    connections away from it on purpose, for a connection whose last request blocked
+    its loop or a request for a path that blocks (pmx.worker.blocks), nor because its
+    loop is held (stuck for longer than pmx.master.balancer HELD_STUCK; a loop serving
+    a burst of requests in one go misses a few 1 ms stamps, and that is no reason).
+    Connections that have blocked lately may be on it: a release never moves them, and
+    where they gather is gathering's business."""
+    return not (report.blockers or report.holding) and stuck <= HELD_STUCK
 
 
 def gathering(blocked: Sequence[int], half: Sequence[int] | None = None,
@@ -126,24 +165,31 @@ def gather_pays(calm: int, blocking: int) -> bool:
 
 class Rebalancer:
     def __init__(self, dispatch: Dispatcher, uses: str = "all") -> None:
-        """``uses`` (``--rebalance``): ``join``, ``drain``, ``gather``, ``all`` or ``off``."""
+        """``uses`` (``--rebalance``): ``join``, ``even``, ``drain``, ``gather``, ``all``
+        or ``off``."""
         self.dispatch = dispatch
         self.on_join = uses in ("all", "join")
+        self.on_even = uses in ("all", "even") and dispatch.policy.evens_out
         self.on_drain = uses in ("all", "drain")
         self.on_gather = uses in ("all", "gather")
         self.moved = 0  # connections handed back and handed on, over the app's life
         self.until = 0.0  # loop time when the current evening-out ends
         self.timer: asyncio.Handle | None = None
         self.gather_timer: asyncio.TimerHandle | None = None
+        self.even_timer: asyncio.TimerHandle | None = None
+        self.excess: dict[int, int] = {}  # worker id: its excess at the last look (even)
         self.room: dict[int, int] = {}  # worker id: connections that block it should take
         self.half: list[int] | None = None  # ids of the workers they gather on
         self.counted: dict[int, tuple[int, int]] = {}  # id: (calm, blocking visits)
 
     def start(self) -> None:
-        """Start looking at where the connections that block are (``gather``)."""
+        """Start looking at where the connections that block are (``gather``) and at
+        counts left uneven (``even``)."""
+        loop = asyncio.get_running_loop()
         if self.on_gather and self.gather_timer is None:
-            self.gather_timer = asyncio.get_running_loop().call_later(
-                GATHER_ROUND, self._gather_round)
+            self.gather_timer = loop.call_later(GATHER_ROUND, self._gather_round)
+        if self.on_even and self.even_timer is None:
+            self.even_timer = loop.call_later(EVEN_ROUND, self._even_round)
 
     def stop_message(self) -> bytes:
         """What a worker leaving the rotation is told: hand back its connections if
@@ -214,10 +260,35 @@ class Rebalancer:
                 except OSError:
                     pass  # its channel is full or it is gone: the next round asks again
 
+    def _even_round(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.even_timer = loop.call_later(EVEN_ROUND, self._even_round)
+        rotation = self.dispatch.rotation
+        now = time.monotonic()
+        reports = [w.report for w in rotation]
+        if (self.dispatch.closed or len(rotation) < 2 or self.timer is not None
+                or not all(calm(report, w.snapshot(now).stuck)
+                           for w, report in zip(rotation, reports, strict=True))):
+            self.excess = {}
+            return
+        loads = [w.load for w in rotation]
+        # What each can hand back: a release never moves a connection that has blocked.
+        excess = {w.id: max(0, min(ask, load - report.blocked)) for w, ask, load, report
+                  in zip(rotation, releases(loads), loads, reports, strict=True)}
+        if lasting(self.excess, excess):
+            log.debug("evening out connections left uneven: %s",
+                      ", ".join(f"#{w.id} {load}"
+                                for w, load in zip(rotation, loads, strict=True)))
+            self._even_out()
+            excess = {}
+        self.excess = excess
+
     def joined(self, worker: Worker) -> None:
         """``worker`` joined the rotation: even out the connections for a while."""
-        if not self.on_join or worker.replacement:
-            return
+        if self.on_join and not worker.replacement:
+            self._even_out()
+
+    def _even_out(self) -> None:
         loop = asyncio.get_running_loop()
         self.until = loop.time() + WINDOW
         if self.timer is None:
@@ -240,7 +311,7 @@ class Rebalancer:
             self.timer = loop.call_later(ROUND, self._round)
 
     def close(self) -> None:
-        for timer in (self.timer, self.gather_timer):
+        for timer in (self.timer, self.gather_timer, self.even_timer):
             if timer is not None:
                 timer.cancel()
-        self.timer = self.gather_timer = None
+        self.timer = self.gather_timer = self.even_timer = None
