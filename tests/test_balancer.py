@@ -59,6 +59,19 @@ def test_make_policy(name, cls):
     assert policy.name == name
 
 
+@pytest.mark.parametrize(("name", "live_load", "watches_loops", "evens_out"), [
+    ("round-robin", False, False, True), ("least-conn", True, False, True),
+    ("least-busy", True, True, True), ("packed", True, True, False),
+])
+def test_what_each_policy_asks_of_the_workers_and_of_rebalancing(name, live_load,
+                                                                 watches_loops, evens_out):
+    """Whether workers publish every change of their load, watch for requests that
+    block, and whether counts left uneven are evened out."""
+    policy = make_policy(name)
+    assert (policy.live_load, policy.watches_loops, policy.evens_out) == (
+        live_load, watches_loops, evens_out)
+
+
 def test_make_policy_returns_fresh_instances():
     assert make_policy("round-robin") is not make_policy("round-robin")
 

@@ -252,7 +252,7 @@ class Master:
         """Start a worker process and watch it; the slot table's only way to start one."""
         worker = self.launcher(
             self.config, slot_id, self.clock(), replacement=replacement,
-            log_prefix=self.log_prefix, live_load=self.policy.name != "round-robin",
+            log_prefix=self.log_prefix, live_load=self.policy.live_load,
             watch_blocks=self.policy.watches_loops,
         )
         self.live.append(worker)

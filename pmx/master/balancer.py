@@ -130,6 +130,7 @@ C = TypeVar("C", bound=Candidate)
 
 class Policy(Protocol):
     name: str
+    live_load: bool
     watches_loops: bool
     evens_out: bool
 
@@ -150,6 +151,9 @@ class _Base:
     """``pick`` and ``spread`` from ``ranks`` and ``share``; nobody waits."""
 
     name = ""
+    # Ranks by the workers' live counts: each worker publishes every change of its load
+    # (pmx.loadslot), not only ten times a second for status and metrics.
+    live_load = True
     # Ranks by the state of each worker's loop: its workers watch for requests that
     # block (pmx.worker.blocks), and the dispatcher takes back what a stuck one left
     # unread.
@@ -186,6 +190,7 @@ class RoundRobin(_Base):
     """Each candidate in turn, whatever its load; a full one is skipped."""
 
     name = "round-robin"
+    live_load = False  # takes no count into account
 
     def __init__(self) -> None:
         self.cursor = 0
