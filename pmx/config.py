@@ -125,9 +125,10 @@ class AppConfig:
              "loop onto fewer workers (gather), all four (all) or never (off).",
         doc="Move idle kept-alive connections between workers. `join`: when a worker "
             "joins the rotation (scale-up, a respawn) the busiest workers hand it their "
-            "excess. `even`: when the same workers hold more than an even share at two "
-            "looks half a second apart while no loop is blocked (a pool opened while a "
-            "loop was stuck), they hand the excess on (not with `packed`). `drain`: a "
+            "excess. `even`: when the same workers hold more than an even share of the "
+            "kept-alive connections at two looks a second apart while no loop is blocked "
+            "(a pool opened while a loop was stuck), they hand the excess on (not with "
+            "`packed`). `drain`: a "
             "draining worker (reload, recycling, scale-down) hands its connections on "
             "instead of closing them. `gather` (with `least-busy` or `packed`): "
             "connections whose requests have blocked the event loop (every time, or now "

@@ -190,6 +190,32 @@ def test_a_websocket_is_never_movable(loop):
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_settled_connections_are_those_open_at_two_looks(loop):
+    """What evening out counts: a connection open at the look before and still open now,
+    not one opened since or closed since."""
+
+    async def scenario() -> None:
+        bridge = await started()
+        with listener() as lsock:
+            kept, closing = Client(lsock, bridge), Client(lsock, bridge)
+            await bridge.wait_adopted()
+            await turns()
+            assert bridge.settle() == 0  # the first look
+            late = Client(lsock, bridge)
+            await bridge.wait_adopted()
+            closing.sock.close()
+            await turns()
+            assert len(protocols(bridge)) == 2
+            assert bridge.settle() == 1  # kept; not late (new), nor closing (gone)
+            assert bridge.settle() == 2  # kept and late
+            for client in (kept, late):
+                client.sock.close()
+        await bridge.shutdown()
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_a_release_hands_back_what_is_idle_and_then_what_turns_idle(loop):
     async def scenario() -> None:
         bridge = await started()
@@ -434,35 +460,83 @@ def test_counts_are_evened_out_only_between_calm_loops(report, stuck, is_calm):
     assert calm(report, stuck) is is_calm
 
 
-def _fake_worker(worker_id: int, load: int, report: Load | None = None) -> Any:
-    return SimpleNamespace(id=worker_id, load=load, report=report or Load(connections=load),
-                           snapshot=lambda now: SimpleNamespace(stuck=0.0))
+class FakeWorker(SimpleNamespace):
+    """What evening out reads of a worker, and the asks it sends it."""
+
+    def __init__(self, worker_id: int, settled: int, blocked: int = 0, holding: int = 0,
+                 ) -> None:
+        report = Load(connections=settled + 3, settled=settled, blocked=blocked,
+                      holding=holding)
+        self.asked: list[int] = []
+        super().__init__(id=worker_id, load=report.connections, report=report,
+                         snapshot=lambda now: SimpleNamespace(stuck=0.0),
+                         chan=SimpleNamespace(send=lambda message: self.asked.append(
+                             channel.decode_release(message))))
 
 
-@pytest.mark.parametrize(("policy", "second", "evened"), [
-    (EVENS, [20, 0], True),  # uneven at two looks: evened out
-    (EVENS, [10, 10], False),  # even again at the second look
-    (SimpleNamespace(evens_out=False), [20, 0], False),  # packed: uneven by design
-    (EVENS, [20, 0, "holding"], False),  # a loop held by a request that blocks
-    (EVENS, [20, 0, "blocked"], False),  # the 20 have blocked: a release moves none
+def even_round(rebalancer: Rebalancer, rotation: list[FakeWorker]) -> dict[int, list[int]]:
+    """One look, with the workers in ``rotation``: what each was asked for."""
+    rebalancer.dispatch.rotation = rotation
+    rebalancer._even_round()
+    return {w.id: w.asked for w in rotation if w.asked}
+
+
+@pytest.mark.parametrize(("policy", "first", "second", "asked"), [
+    (EVENS, [20, 0], [20, 0], {1: [10]}),  # uneven at two looks: evened out
+    (EVENS, [20, 0], [14, 0], {1: [7]}),  # six closed meanwhile: what is left
+    (EVENS, [20, 0], [10, 10], {}),  # even again at the second look
+    (EVENS, [0, 0], [20, 0], {}),  # one look is not enough
+    (EVENS, [12, 3, 0], [12, 3, 0], {1: [7]}),  # to an even share (5), rounded up
+    (SimpleNamespace(evens_out=False), [20, 0], [20, 0], {}),  # packed: by design
 ])
-def test_counts_uneven_at_two_looks_in_a_row_start_an_evening_out(policy, second, evened):
-    async def scenario() -> bool:
-        first = _fake_worker(1, 20, Load(connections=20, blocked=20 if "blocked" in second
-                                          else 0))
-        dispatch: Any = SimpleNamespace(closed=False, policy=policy,
-                                        rotation=[first, _fake_worker(2, 0)])
+def test_settled_counts_uneven_at_two_looks_in_a_row_are_asked_for_once(
+        policy, first, second, asked):
+    async def scenario() -> dict[int, list[int]]:
+        dispatch: Any = SimpleNamespace(closed=False, policy=policy, rotation=[])
         rebalancer = Rebalancer(dispatch, "all")
         rebalancer.start()
         if rebalancer.even_timer is None:
-            return False  # it never looks
-        rebalancer._even_round()
-        assert rebalancer.timer is None  # one look is not enough
-        dispatch.rotation = [_fake_worker(1, second[0], first.report), _fake_worker(
-            2, second[1], Load(holding=1) if "holding" in second else None)]
-        rebalancer._even_round()
-        started = rebalancer.timer is not None
+            return {}  # it never looks
+        assert even_round(rebalancer, [FakeWorker(i + 1, n) for i, n in enumerate(first)]) == {}
+        got = even_round(rebalancer, [FakeWorker(i + 1, n) for i, n in enumerate(second)])
         rebalancer.close()
-        return started
+        return got
 
-    assert asyncio.run(scenario()) is evened
+    assert asyncio.run(scenario()) == asked
+
+
+@pytest.mark.parametrize(("counts", "gathers", "asked"), [
+    ([(20, 0, 0), (0, 0, 0)], False, {1: [10]}),
+    ([(20, 0, 0), (0, 0, 1)], False, {}),  # the other's loop runs a request that blocks
+    ([(20, 20, 0), (0, 0, 0)], False, {}),  # all 20 have blocked: a release moves none
+    ([(20, 16, 0), (0, 0, 0)], False, {1: [4]}),  # 4 have not: those can move
+    ([(20, 0, 0), (0, 0, 0)], True, {}),  # connections that block are being gathered
+])
+def test_what_stops_an_evening_out(counts, gathers, asked):
+    async def scenario() -> dict[int, list[int]]:
+        dispatch: Any = SimpleNamespace(closed=False, policy=EVENS, rotation=[])
+        rebalancer = Rebalancer(dispatch, "all")
+        rebalancer.gathers = gathers
+        rotation = [FakeWorker(i + 1, *c) for i, c in enumerate(counts)]
+        even_round(rebalancer, rotation)
+        got = even_round(rebalancer, rotation)
+        rebalancer.close()
+        return got
+
+    assert asyncio.run(scenario()) == asked
+
+
+def test_after_an_evening_out_the_settled_counts_are_given_time_to_catch_up():
+    """The connections moved show as settled on their new worker only after two of its
+    looks: until then the counts look as uneven as before, and nothing is asked again."""
+
+    async def scenario() -> list[int]:
+        dispatch: Any = SimpleNamespace(closed=False, policy=EVENS, rotation=[])
+        rebalancer = Rebalancer(dispatch, "all")
+        rotation = [FakeWorker(1, 20), FakeWorker(2, 0)]
+        for _ in range(5):
+            even_round(rebalancer, rotation)
+        rebalancer.close()
+        return rotation[0].asked
+
+    assert asyncio.run(scenario()) == [10]

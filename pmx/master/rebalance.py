@@ -19,16 +19,23 @@ balancing policy, as if it had just been accepted. Three uses:
   it sees then, and a kept-alive one stays. A worker whose loop was stuck for a moment
   (a blocking request, or on a busy machine a wait for a CPU) was passed over, and a
   pool opened meanwhile stays on the others after the loop turns again; nothing but a
-  join would even it out. So every EVEN_ROUND seconds the master looks at the counts,
-  and when the same workers held more than an even share at two looks in a row, it
-  evens them out as after a join (``lasting``). Two looks: a connection opened for one
-  request lives for milliseconds, so an excess seen twice, half a second apart, is
-  made of connections that stay. Only while every loop is calm (``calm``): while
-  least-busy keeps new connections away from a worker on purpose, because a
-  connection or request there blocks its loop, or the loop is held, fewer connections
-  there is right. A release never moves a connection that has blocked (below), so
-  evening out leaves gathering's work alone. Not with packed, whose counts are uneven
-  by design.
+  join would even it out. So every EVEN_ROUND seconds the master looks at each
+  worker's *settled* connections (open at two of its looks SETTLE seconds apart,
+  pmx.loadslot: kept-alive ones; a connection opened for one request lives for
+  milliseconds, and many such make the plain counts differ from one moment to the
+  next), and when the same workers held more than an even share of those at two
+  looks in a row (``lasting``), each is asked once (``L``) for the smaller of its two
+  excesses; the policy places what they hand back, as any connection handed back.
+  Then nothing is asked for EVEN_PAUSE seconds: the worker keeps an ask open for a
+  second, and the connections moved show as settled only once their new workers have
+  looked twice. (Not a window of asks as after a join: those are made from the
+  plain counts, and would even out the connections of the moment with the kept-alive
+  ones.) Only while every loop is calm (``calm``): while least-busy keeps new
+  connections away from a worker on purpose (a connection or request there blocks its
+  loop, or the loop is held), fewer connections there is right. Nor while gathering
+  (below) asks for connections: a release never moves one that has blocked, but one
+  gathered stays marked only while it keeps blocking, and evening out would move it
+  back out of the half. Not with packed, whose counts are uneven by design.
 - **A worker drains** (``drain``: reload, recycling, scale-down, a worker's SIGTERM): its
   STOP is ``S`` 1, and it hands back every kept-alive connection as it turns idle
   instead of closing it. Only at a full stop (the dispatcher is closed: no worker can
@@ -82,7 +89,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from pmx import channel
-from pmx.loadslot import Load
+from pmx.loadslot import SETTLE, Load
 from pmx.master.balancer import HELD_STUCK
 from pmx.master.dispatch import Dispatcher
 from pmx.master.workers import Worker
@@ -92,7 +99,10 @@ log = logging.getLogger("pmx.master")
 ROUND = 0.05  # seconds between two looks at the counts after a worker joined
 WINDOW = 1.5  # seconds after a join during which uneven counts are evened out
 GATHER_ROUND = 0.1  # seconds between two looks at where the connections that block are
-EVEN_ROUND = 0.5  # seconds between two looks at whether the counts stay uneven
+EVEN_ROUND = SETTLE  # seconds between two looks at the settled counts (``even``)
+# Seconds without evening out after an ask: the worker keeps it open for a second
+# (pmx.worker.handback), then looks twice before the moved connections show as settled.
+EVEN_PAUSE = 3 * SETTLE
 
 
 def releases(loads: Sequence[int]) -> list[int]:
@@ -106,10 +116,11 @@ def releases(loads: Sequence[int]) -> list[int]:
 
 
 def lasting(before: Mapping[int, int], now: Mapping[int, int]) -> dict[int, int]:
-    """Of the excess each worker holds now (``releases`` by worker id), what it also
-    held at the look before: the smaller of the two, and nothing for a worker that was
-    not in both looks. Connections that come and go between the looks leave no lasting
-    excess."""
+    """Of the excess each worker holds now (``releases`` of the settled counts, by worker
+    id), what it also held at the look before: the smaller of the two, and nothing for
+    a worker that was not in both looks. Each worker counts its settled connections at
+    its own moments, so one look may catch one worker's count a second behind
+    another's."""
     return {i: min(count, before[i]) for i, count in now.items()
             if count and before.get(i)}
 
@@ -178,8 +189,10 @@ class Rebalancer:
         self.gather_timer: asyncio.TimerHandle | None = None
         self.even_timer: asyncio.TimerHandle | None = None
         self.excess: dict[int, int] = {}  # worker id: its excess at the last look (even)
+        self.resume = 0.0  # loop time before which nothing is evened out again (even)
         self.room: dict[int, int] = {}  # worker id: connections that block it should take
         self.half: list[int] | None = None  # ids of the workers they gather on
+        self.gathers = False  # the last round asked for connections that block
         self.counted: dict[int, tuple[int, int]] = {}  # id: (calm, blocking visits)
 
     def start(self) -> None:
@@ -252,6 +265,7 @@ class Rebalancer:
         self.half = None if chosen is None else [ids[i] for i in chosen]
         if not gather_pays(calm, blocking):
             asks = room = [0] * len(rotation)
+        self.gathers = any(asks)
         self.room = {w.id: count for w, count in zip(rotation, room, strict=True) if count}
         for worker, count in zip(rotation, asks, strict=True):
             if count:
@@ -267,28 +281,35 @@ class Rebalancer:
         now = time.monotonic()
         reports = [w.report for w in rotation]
         if (self.dispatch.closed or len(rotation) < 2 or self.timer is not None
+                or self.gathers or loop.time() < self.resume
                 or not all(calm(report, w.snapshot(now).stuck)
                            for w, report in zip(rotation, reports, strict=True))):
             self.excess = {}
             return
-        loads = [w.load for w in rotation]
+        settled = [report.settled for report in reports]
         # What each can hand back: a release never moves a connection that has blocked.
-        excess = {w.id: max(0, min(ask, load - report.blocked)) for w, ask, load, report
-                  in zip(rotation, releases(loads), loads, reports, strict=True)}
-        if lasting(self.excess, excess):
-            log.debug("evening out connections left uneven: %s",
-                      ", ".join(f"#{w.id} {load}"
-                                for w, load in zip(rotation, loads, strict=True)))
-            self._even_out()
-            excess = {}
+        excess = {w.id: max(0, min(ask, count - report.blocked)) for w, ask, count, report
+                  in zip(rotation, releases(settled), settled, reports, strict=True)}
+        asks = lasting(self.excess, excess)
         self.excess = excess
+        if not asks:
+            return
+        log.debug("evening out kept-alive connections left uneven: %s",
+                  ", ".join(f"#{w.id} {count}"
+                            for w, count in zip(rotation, settled, strict=True)))
+        for worker in rotation:
+            if asks.get(worker.id):
+                try:
+                    worker.chan.send(channel.encode_release(asks[worker.id]))
+                except OSError:
+                    pass  # its channel is full or it is gone: asked again if still uneven
+        self.resume = loop.time() + EVEN_PAUSE
+        self.excess = {}
 
     def joined(self, worker: Worker) -> None:
         """``worker`` joined the rotation: even out the connections for a while."""
-        if self.on_join and not worker.replacement:
-            self._even_out()
-
-    def _even_out(self) -> None:
+        if not self.on_join or worker.replacement:
+            return
         loop = asyncio.get_running_loop()
         self.until = loop.time() + WINDOW
         if self.timer is None:

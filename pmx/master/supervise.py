@@ -150,7 +150,7 @@ def _stalled(worker: Worker) -> float:
     if worker.slot is None:
         return 0.0
     (_received, _connections, inflight, _r, _b, _h, _budget, _bl, _cv,
-     _bv, active_at) = worker.slot.raw()
+     _bv, _settled, active_at) = worker.slot.raw()
     if inflight or not active_at:
         return 0.0
     return max(0.0, time.monotonic() - active_at)

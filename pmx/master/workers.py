@@ -119,7 +119,7 @@ class Worker:
         burst is stopped at the budget even before the worker reads anything."""
         if self.slot is None:
             return False
-        received, connections, _i, _r, _b, _h, budget, _bl, _cv, _bv, _a = self.slot.raw()
+        received, connections, _i, _r, _b, _h, budget, _bl, _cv, _bv, _s, _a = self.slot.raw()
         return 0 < budget <= self.sent - received + connections
 
     @property
@@ -171,7 +171,7 @@ class Worker:
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0)
         (received, connections, inflight, _requests, blockers, holding, budget, _blocked,
-         _calm_visits, _blocking_visits, active_at) = self.slot.raw()
+         _calm_visits, _blocking_visits, _settled, active_at) = self.slot.raw()
         stuck = now - active_at
         if not inflight and stuck < IDLE_STUCK:
             stuck = 0.0

@@ -38,6 +38,7 @@ import functools
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -203,6 +204,7 @@ class UvicornBridge:
         self._sets = self._connections, _NotifyingSet(on_change)
         state.connections, state.tasks = self._sets
         self._heads: dict[Any, float] = {}  # connections waiting for a head, and since
+        self._looked: weakref.WeakSet[Any] = weakref.WeakSet()  # open at settle()
         self.received = 0  # fds handed in
         self.dropped = 0  # of those, the ones that failed before their connection opened
         self._handed: Callable[..., Any] | None = None  # see adopt()
@@ -382,6 +384,17 @@ class UvicornBridge:
 
     def connections(self) -> list[Any]:
         return list(self.server.server_state.connections)
+
+    def settle(self) -> int:
+        """How many open connections were open at the last call too: called every
+        SETTLE seconds (pmx.loadslot), the kept-alive ones, not those opened for one
+        request. A look at each connection, none per request. Weak references: the
+        connections closed since are not kept alive for it."""
+        looked = self._looked
+        now = self.server.server_state.connections
+        settled = sum(1 for connection in now if connection in looked)
+        self._looked = weakref.WeakSet(now)
+        return settled
 
     async def probe(self, path: str, timeout: float) -> bool:
         """GET ``path`` through the app (its middleware included); 2xx/3xx is healthy."""

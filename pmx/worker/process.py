@@ -29,7 +29,7 @@ from setproctitle import setproctitle
 from pmx import channel
 from pmx.config import AppConfig
 from pmx.limits import raise_fd_limit
-from pmx.loadslot import LoadSlot
+from pmx.loadslot import SETTLE, LoadSlot
 from pmx.worker.app import AppLoadError, load
 from pmx.worker.blocks import BlockWatch, SchedStat
 from pmx.worker.bridge import UvicornBridge, connection_of
@@ -45,6 +45,7 @@ HEARTBEAT = 0.001
 # Seconds between two ticks of the idle loop: uvicorn's date header, the slot stamp that
 # tells the master the loop turns (pmx.master.workers IDLE_STUCK), the parent check.
 TICK = 0.1
+SETTLE_TICKS = round(SETTLE / TICK)  # ticks between two looks for settled connections
 
 
 class WorkerServer:
@@ -66,6 +67,7 @@ class WorkerServer:
         self.hooks = RequestHooks()
         self.beat: asyncio.TimerHandle | None = None
         self.shown_busy = False  # the slot last said: requests in flight
+        self.settled = 0  # connections open at the last two looks (pmx.loadslot)
         self.blocks: BlockWatch | None = None  # least-busy: connections that block
         self.tasks = bridge.server.server_state.tasks  # requests in flight
         self.capacity = Capacity()
@@ -193,6 +195,8 @@ class WorkerServer:
             await asyncio.sleep(TICK)
             counter += 1
             await self.bridge.tick(counter)
+            if counter % SETTLE_TICKS == 0:
+                self.settled = self.bridge.settle()
             self.publish()  # the served count, and proof that an idle loop turns
             if counter % 10 == 0:
                 self.capacity.refresh()
@@ -213,10 +217,11 @@ class WorkerServer:
         capacity = self.capacity
         capacity.full(counters[1])  # logs when it changes
         if blocks is None:
-            self.slot.put(*counters, 0, 0, capacity.connections)
+            self.slot.put(*counters, 0, 0, capacity.connections, settled=self.settled)
         else:
             self.slot.put(*counters, blocks.count, blocks.holding, capacity.connections,
-                          len(blocks.blocked), blocks.calm_visits, blocks.blocking_visits)
+                          len(blocks.blocked), blocks.calm_visits, blocks.blocking_visits,
+                          self.settled)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
