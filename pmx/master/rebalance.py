@@ -6,7 +6,7 @@ A kept-alive connection stays with the worker that first got it; the kernel cann
 move an accepted connection, but the master can, since it passes fds: a worker hands
 an idle kept-alive connection back (``B``, pmx.worker.handback) and the master hands
 it to a worker in rotation through the dispatcher (``Dispatcher.rehome``), by the
-balancing policy, as if it had just been accepted. Three uses:
+balancing policy, as if it had just been accepted. Four uses:
 
 - **A worker joins the rotation** (``join``: scale-up, a respawn after a crash, back
   from failing health checks): the busiest workers are asked to release (``L`` N) what
