@@ -526,6 +526,25 @@ def test_what_stops_an_evening_out(counts, gathers, asked):
     assert asyncio.run(scenario()) == asked
 
 
+def test_no_evening_out_while_connections_that_moved_settle():
+    """A replacement joins in a rolling reload, and the worker it replaces hands it its
+    connections: its settled count is low until they have settled there, and nothing
+    moves for that."""
+
+    async def scenario() -> list[dict[int, list[int]]]:
+        dispatch: Any = SimpleNamespace(closed=False, policy=EVENS, rotation=[])
+        rebalancer = Rebalancer(dispatch, "all")
+        rotation = [FakeWorker(1, 20), FakeWorker(2, 0)]
+        rebalancer.joined(SimpleNamespace(replacement=True))  # type: ignore[arg-type]
+        during = [even_round(rebalancer, rotation) for _ in range(2)]
+        rebalancer.resume = 0.0  # EVEN_PAUSE has passed
+        after = [even_round(rebalancer, rotation) for _ in range(2)]
+        rebalancer.close()
+        return during + after
+
+    assert asyncio.run(scenario()) == [{}, {}, {}, {1: [10]}]
+
+
 def test_after_an_evening_out_the_settled_counts_are_given_time_to_catch_up():
     """The connections moved show as settled on their new worker only after two of its
     looks: until then the counts look as uneven as before, and nothing is asked again."""

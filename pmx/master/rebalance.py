@@ -19,23 +19,25 @@ balancing policy, as if it had just been accepted. Four uses:
   it sees then, and a kept-alive one stays. A worker whose loop was stuck for a moment
   (a blocking request, or on a busy machine a wait for a CPU) was passed over, and a
   pool opened meanwhile stays on the others after the loop turns again; nothing but a
-  join would even it out. So every EVEN_ROUND seconds the master looks at each
-  worker's *settled* connections (open at two of its looks SETTLE seconds apart,
-  pmx.loadslot: kept-alive ones; a connection opened for one request lives for
-  milliseconds, and many such make the plain counts differ from one moment to the
-  next), and when the same workers held more than an even share of those at two
-  looks in a row (``lasting``), each is asked once (``L``) for the smaller of its two
-  excesses; the policy places what they hand back, as any connection handed back.
-  Then nothing is asked for EVEN_PAUSE seconds: the worker keeps an ask open for a
-  second, and the connections moved show as settled only once their new workers have
-  looked twice. (Not a window of asks as after a join: those are made from the
-  plain counts, and would even out the connections of the moment with the kept-alive
-  ones.) Only while every loop is calm (``calm``): while least-busy keeps new
-  connections away from a worker on purpose (a connection or request there blocks its
-  loop, or the loop is held), fewer connections there is right. Nor while gathering
-  (below) asks for connections: a release never moves one that has blocked, but one
-  gathered stays marked only while it keeps blocking, and evening out would move it
-  back out of the half. Not with packed, whose counts are uneven by design.
+  join would even it out. So every EVEN_ROUND seconds the master looks at each worker's
+  *settled* connections (open at two of its looks SETTLE seconds apart, pmx.loadslot:
+  kept-alive ones; a connection opened for one request lives for milliseconds, and many
+  such make the plain counts differ from one moment to the next), and when the same
+  workers held more than an even share of those at two looks in a row (``lasting``),
+  each is asked once (``L``) for the smaller of its two excesses; the policy places what
+  they hand back, as any connection handed back. Then nothing is asked for EVEN_PAUSE
+  seconds: the worker keeps an ask open for a second, and the connections moved show as
+  settled only once their new workers have looked twice; likewise after a worker joins
+  or hands connections back (a drain, a join): in a rolling reload the replacement's
+  count is low only until what the worker it replaces hands back has settled there. (Not
+  a window of asks as after a join: those are made from the plain counts, and would even
+  out the connections of the moment with the kept-alive ones.) Only while every loop is
+  calm (``calm``): while least-busy keeps new connections away from a worker on purpose
+  (a connection or request there blocks its loop, or the loop is held), fewer
+  connections there is right. Nor while gathering (below) asks for connections: a
+  release never moves one that has blocked, but one gathered stays marked only while it
+  keeps blocking, and evening out would move it back out of the half. Not with packed,
+  whose counts are uneven by design.
 - **A worker drains** (``drain``: reload, recycling, scale-down, a worker's SIGTERM): its
   STOP is ``S`` 1, and it hands back every kept-alive connection as it turns idle
   instead of closing it. Only at a full stop (the dispatcher is closed: no worker can
@@ -213,6 +215,7 @@ class Rebalancer:
 
     def handed_back(self, worker: Worker, fds: list[int]) -> None:
         """``worker`` sent these connection fds back (a ``B`` message)."""
+        self._hold_off()
         sent = self.dispatch.rehome(fds, worker)
         worker.moved += sent
         self.moved += sent
@@ -308,6 +311,7 @@ class Rebalancer:
 
     def joined(self, worker: Worker) -> None:
         """``worker`` joined the rotation: even out the connections for a while."""
+        self._hold_off()
         if not self.on_join or worker.replacement:
             return
         loop = asyncio.get_running_loop()
@@ -330,6 +334,15 @@ class Rebalancer:
         loop = asyncio.get_running_loop()
         if loop.time() < self.until:
             self.timer = loop.call_later(ROUND, self._round)
+
+    def _hold_off(self) -> None:
+        """Connections are moving (a worker joined, or one handed some back: a drain, a
+        join's evening out, an ask of ``even``): they count as settled where they land
+        only after two looks of that worker, and until then the settled counts are
+        uneven by what moved. So ``even`` waits EVEN_PAUSE after the last of them (in a
+        rolling reload, it would move what the replacement is being handed)."""
+        self.resume = max(self.resume, asyncio.get_running_loop().time() + EVEN_PAUSE)
+        self.excess = {}
 
     def close(self) -> None:
         for timer in (self.timer, self.gather_timer, self.even_timer):
