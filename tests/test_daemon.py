@@ -364,3 +364,28 @@ def test_a_name_taken_while_an_earlier_app_starts_is_refused_not_orphaned(pmx, t
     masters = [title for title in pmx.titles() if "master" in title]
     assert len(masters) == 2  # slow's and the one 'late'; none orphaned
     assert get(ports[2], "/pid")[0] == 200
+
+
+def _documented_fields(heading: str) -> list[str]:
+    """The field names of the table that follows ``heading`` (a line of its own) in the
+    `pmx status --json` section of docs/cli.md."""
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    section = doc.split("`pmx status --json` prints", 1)[1].split("\n## ", 1)[0]
+    rows = section.split(f"\n{heading}\n\n", 1)[1].split("\n\n", 1)[0]
+    return [row.split("`")[1] for row in rows.splitlines()[2:]]
+
+
+def test_status_json_has_the_fields_its_reference_documents(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "-i", "1", "--name", "web", "--bind", f"127.0.0.1:{port}")
+    app = wait_for(lambda: (a := pmx.app("web"))["workers"] and a, 30, "a worker")
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    example = json.loads(doc.split("`pmx start --json` prints the same document", 1)[1]
+                         .split("```json\n", 1)[1].split("```", 1)[0])
+    # The example is output, in the output's order; each table names every field once.
+    for got, shown, heading in ((pmx.status(), example, "Top level:"),
+                                (app, example["apps"][0], "App:"),
+                                (app["workers"][0], example["apps"][0]["workers"][0],
+                                 "Worker:")):
+        assert list(got) == list(shown), heading
+        assert sorted(got) == sorted(_documented_fields(heading)), heading

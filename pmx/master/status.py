@@ -30,6 +30,7 @@ def worker_status(master: Observed, worker: Worker, now: float) -> dict[str, Any
         "moved": worker.moved,
         "reclaimed": worker.reclaimed,
         "blocking": report.blockers,
+        "blocked": report.blocked,
         "holding": report.holding,
         "health": worker.health.state.value if worker.state is WorkerState.READY else "unknown",
     }
