@@ -299,12 +299,43 @@ def test_a_connection_that_blocked_keeps_that_history_until_it_closes():
     other = Send(Connection())
     request(blocks, lambda: awaiting(0), other)
     assert other.connection not in blocks.blocked
-    request(blocks, lambda: blocking(BLOCK * 2), other)  # judged whole, on a blocking path
+    request(blocks, lambda: blocking(BLOCK * 2), other)  # timed: its path blocks lately
     assert list(blocks.blocked) == [kept_alive.connection, other.connection]
     for connection in (kept_alive.connection, other.connection):
         blocks.forget(connection)
     assert not blocks.blocked and not blocks.suspects
     assert counts[-1] == (0, 0)
+
+
+def test_a_request_that_waited_on_a_blocking_path_does_not_count_its_connection():
+    """Slow is not blocking: a request for a path that blocks now and then may take
+    longer than BLOCK waiting behind the others its loop runs, with no step of its own
+    that long. Its connection counts as blocking only once one of its requests blocks."""
+    blocks, _counts = watch()
+    for _ in range(2):
+        once(blocks, lambda: blocking(BLOCK * 2), "/report")
+    once(blocks, lambda: awaiting(0), "/report")  # a fast one: the path no longer holds
+    assert "/report" in blocks.blocking_paths and "/report" not in blocks.paths
+    pooled = Send(Connection())
+    request(blocks, lambda: awaiting(BLOCK * 4), pooled, "/report")  # slow, steps short
+    assert not blocks.blocked and not blocks.marked
+    request(blocks, lambda: blocking(BLOCK * 2), pooled, "/report")  # its first block
+    assert list(blocks.blocked) == [pooled.connection] and blocks.count == 1
+
+
+def test_a_long_step_is_judged_against_the_reading_taken_before_its_request():
+    """The worker reads the thread's scheduler counts as its loop turns busy (``look``),
+    not for every request: a step that waited for a CPU since that reading is judged
+    with that wait taken off."""
+    clock = SchedClock(waits=BLOCK * 2.5)
+    blocks = BlockWatch(connection_of, block=BLOCK, sched=clock)
+    assert clock.reads == 1
+    blocks.look()  # the loop turns busy
+    kept_alive = Send(Connection())
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive, "/fast")  # judged whole
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive, "/fast")  # timed
+    assert blocks.count == 0 and not blocks.blocked
+    assert clock.reads == 3  # and once more after the long step, none as it started
 
 
 def test_a_long_poll_is_never_marked():

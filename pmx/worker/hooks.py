@@ -52,7 +52,7 @@ class RequestHooks:
                 blocked = blocks.paths.get(path)  # None: never slow; True: it blocked
                 started = perf_counter()
                 blocks.visit(send, path, started)
-                if connection is None and blocked is None:
+                if connection is None and blocked is None and path not in blocks.blocking_paths:
                     try:
                         await app(scope, receive, respond)
                     finally:
@@ -63,7 +63,8 @@ class RequestHooks:
                     if blocked:  # published before the app runs and blocks the loop
                         await blocks.hold()
                         started = perf_counter()
-                    stepped = Stepped(app(scope, receive, respond), blocks.sched, blocks.block)
+                    stepped = Stepped(app(scope, receive, respond), blocks.sched, blocks.block,
+                                      blocks.before)
                     await stepped
                 finally:
                     if blocked:
