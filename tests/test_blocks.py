@@ -323,21 +323,6 @@ def test_a_request_that_waited_on_a_blocking_path_does_not_count_its_connection(
     assert list(blocks.blocked) == [pooled.connection] and blocks.count == 1
 
 
-def test_a_long_step_is_judged_against_the_reading_taken_before_its_request():
-    """The worker reads the thread's scheduler counts as its loop turns busy (``look``),
-    not for every request: a step that waited for a CPU since that reading is judged
-    with that wait taken off."""
-    clock = SchedClock(waits=BLOCK * 2.5)
-    blocks = BlockWatch(connection_of, block=BLOCK, sched=clock)
-    assert clock.reads == 1
-    blocks.look()  # the loop turns busy
-    kept_alive = Send(Connection())
-    request(blocks, lambda: blocking(BLOCK * 2), kept_alive, "/fast")  # judged whole
-    request(blocks, lambda: blocking(BLOCK * 2), kept_alive, "/fast")  # timed
-    assert blocks.count == 0 and not blocks.blocked
-    assert clock.reads == 3  # and once more after the long step, none as it started
-
-
 def test_a_long_poll_is_never_marked():
     blocks, counts = watch()
     poll = Send(Connection())

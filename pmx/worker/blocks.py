@@ -30,18 +30,19 @@ again and again. So the worker also keeps the connections that have blocked late
 (``blocked``: what gathering moves, pmx.master.rebalance; each until FORGET seconds
 after its last judged block, or until it closes), and the paths that have
 (``blocking_paths``: the newest MAX_PATHS, each likewise). Every request for a path that
-has blocked lately is timed step by step, so a heavy-tailed connection is known at its
-first blocking request, on whatever connection it comes. Not by its wall time: a
-request that waited behind others read in the same loop iteration took longer than
-BLOCK without blocking anything (measured, judged whole, a pool of 20 kept-alive
-connections on one path kept 8 to 17 of them counted as blocking, which a release then
-never moved). Nor is every connection that was slow once timed until it blocks (on a
-busy machine, that times every request of each kept-alive connection a preemption once
-made slow). A path or a
-connection is forgotten because a step can be judged blocking for what was not its code:
-a loop thread that the machine stalls (measured on a virtual machine under 4 to 19 %
-steal time: one fast request in a hundred or so, switched out for 3 to 16 ms with no
-run-queue wait, just as a synchronous call sleeps). Then every path blocks now and then,
+has blocked lately is timed step by step (about 3 µs, below), so a heavy-tailed
+connection is known at its first blocking request, on whatever connection it comes.
+Not by its wall time: a request that waited behind others read in the same loop
+iteration took longer than BLOCK without blocking anything (measured, judged whole, a
+pool of 20 kept-alive connections on one path kept 8 to 17 of them counted as
+blocking, which a release then never moved). Nor is every connection that was slow
+once timed until it blocks (on a busy machine, that times every request of each
+kept-alive connection a preemption once made slow: a fifth more CPU per keep-alive
+request). A path or a connection is forgotten because a step can be judged blocking for
+what was not its code: a loop thread that the machine stalls (measured on a virtual
+machine under 4 to 19 % steal time: one fast request in a hundred or so, switched out
+for 3 to 16 ms with no run-queue wait, just as a synchronous call sleeps). Then every
+path blocks now and then,
 gathering spares nobody and stops (``gather_pays``), rightly; but remembered for the
 worker's life, one such stall on a fast path would keep gathering off for good, and so
 would a first request that builds a cache; on a connection, one a proxy keeps open for
@@ -59,9 +60,9 @@ clients below half the requests, and gathering never started). A kept-alive clie
 counts once per window whatever its rate; a client opening a connection per request
 counts once per request, as the new clients they are.
 
-Cost. Timing every step of a request (``Stepped``) costs about 1.2 µs for a fast one
-(two clock reads a step), against 30 µs for a fast kept-alive request. So a request is
-first timed as a whole, two
+Cost. Timing every step of a request (``Stepped``) costs about 3 µs a request (two
+clock reads a step and one read of the run-queue wait, below), a tenth of a fast
+kept-alive one. So a request is first timed as a whole, two
 clock reads: one that took less than ``BLOCK`` cannot have blocked for longer. A
 connection whose request took longer (it blocked, or it awaited something slow)
 becomes a *suspect*, and so does its path; the requests of suspect and marked
@@ -80,19 +81,18 @@ hypervisor took the CPU itself away (steal time), which the thread does not see 
 Neither says anything about the step's code, and marking a fast path for it makes the
 master keep connections away from a free worker (measured: in minutes with 4 to 19 %
 steal, several fast requests a second were judged blocking). So a step longer than BLOCK
-counts its wall time less the thread's run-queue wait since a reading taken before its
-request started, and, if the thread was never switched out since then (it did not sleep
-in a blocking call, nor was it preempted), at most the CPU time it ran meanwhile: what
-is left of its wall time was stolen (``SchedStat``: the kernel's counts in
-/proc/thread-self/schedstat, a microsecond or two a read, read after each step longer
-than BLOCK; the reading before is the worker's, taken as its loop turns busy and every
-HEARTBEAT while it stays busy, ``look``, not one per request). The wait since that
-reading is at least the wait during the step, and the CPU time since then at least the
-step's own: a step judged blocking did block, or lost its CPU while the loop had run
-other work for as long. At worst, a request preempted before a blocking step has that
-step judged too short (a later request judges again). Some stalls still pass for
-blocks: a thread switched out inside a trivial system call with no run-queue wait looks
-just like one sleeping in a synchronous call (History, above).
+counts its wall time less the thread's run-queue wait since its request started, and, if
+the thread was never switched out since then (it did not sleep in a blocking call, nor
+was it preempted), at most the CPU time it ran meanwhile: what is left of its wall time
+was stolen (``SchedStat``: the kernel's counts in /proc/thread-self/schedstat, about a
+microsecond a read, read when a watched request starts and after each of its steps
+longer than BLOCK). The wait since the request started is at least the wait during the
+step, and the CPU time since then at least the step's own: a step judged blocking did
+block, or lost its CPU while the loop had run other work for as long. At worst, a
+request preempted before a blocking step has that step judged too short (a later request
+judges again). Some stalls still pass for blocks: a thread switched out inside a trivial
+system call with no run-queue wait looks just like one sleeping in a synchronous call
+(History, above).
 """
 
 from __future__ import annotations
@@ -172,23 +172,21 @@ def no_sched() -> None:
 class Stepped:
     """Awaitable that runs ``coro`` and keeps in ``longest`` its longest step, the wall
     time of each step less what was not the step's own (the module docstring,
-    Preemption). ``sched`` is the loop thread's clock (``SchedStat``), read after each
-    step longer than ``block`` and compared with ``before``, a reading taken before the
-    request started (``BlockWatch.look``; by default, now). Not read around every step,
-    nor for every request: a read costs one to two microseconds, and a fast request has
-    a few steps (measured, stepping a three-step request cost 8 to 10 µs with a read
-    around each step, 3 µs with one read as it started, 1.2 µs with none)."""
+    Preemption). ``sched`` is the loop thread's clock (``SchedStat``), read when the
+    request starts and after each step longer than ``block``: not around every step,
+    since a read costs about a microsecond and a fast request has a few steps
+    (measured, stepping a three-step request cost 8 to 10 µs with a read around each
+    step, 3 µs with these)."""
 
     __slots__ = ("coro", "longest", "sched", "block", "started")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], sched: Sched = no_sched,
-                 block: float = BLOCK, before: tuple[float, float, int] | None = None
-                 ) -> None:
+                 block: float = BLOCK) -> None:
         self.coro = coro
         self.longest = 0.0
         self.sched = sched
         self.block = block
-        self.started = sched() if before is None else before
+        self.started = sched()
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self  # type: ignore[return-value]
@@ -226,7 +224,7 @@ class Stepped:
         if before is None or now is None:
             return spent
         spent -= now[1] - before[1]  # waited for a CPU, at least as long during the step
-        if now[2] == before[2]:  # never off its CPU since the reading before
+        if now[2] == before[2]:  # never off its CPU since the request started
             spent = min(spent, now[0] - before[0])  # the rest was stolen from its CPU
         return spent
 
@@ -255,7 +253,6 @@ class BlockWatch:
         self.on_change = on_change
         self.block = block
         self.sched = sched  # the loop thread's scheduler counts (SchedStat)
-        self.before = sched()  # a reading of them taken before the requests now running
         self.marked: set[object] = set()
         self.suspects: set[object] = set()
         # Connections that have blocked lately: when each last did (perf_counter), the
@@ -274,12 +271,6 @@ class BlockWatch:
     @property
     def count(self) -> int:
         return len(self.marked)
-
-    def look(self) -> None:
-        """Read the thread's scheduler counts, to compare a long step's with: called by
-        the worker before a request starts after the loop was idle, and every HEARTBEAT
-        (pmx.worker.process) while requests run, not for every request."""
-        self.before = self.sched()
 
     def forget(self, connection: object) -> None:
         self.suspects.discard(connection)

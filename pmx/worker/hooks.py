@@ -63,8 +63,7 @@ class RequestHooks:
                     if blocked:  # published before the app runs and blocks the loop
                         await blocks.hold()
                         started = perf_counter()
-                    stepped = Stepped(app(scope, receive, respond), blocks.sched, blocks.block,
-                                      blocks.before)
+                    stepped = Stepped(app(scope, receive, respond), blocks.sched, blocks.block)
                     await stepped
                 finally:
                     if blocked:

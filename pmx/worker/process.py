@@ -222,7 +222,6 @@ class WorkerServer:
             self.slot.put(*counters, blocks.count, blocks.holding, capacity.connections,
                           len(blocks.blocked), blocks.calm_visits, blocks.blocking_visits,
                           self.settled)
-            blocks.look()  # before the requests that start next, or within a HEARTBEAT
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
