@@ -12,6 +12,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -46,10 +47,42 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         time.sleep(0.02)
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives an outgoing connection (or a bind to port 0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+_ports = random.Random(os.getpid())
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port of 127.0.0.1 that nothing listens on now, for a server a test starts
+    later. Below the kernel's ephemeral range where there is room: every outgoing
+    connection of the suite (and of the servers under test) takes its local port from
+    that range, and one that took this port before the server binds it would make the
+    bind fail (seen under load: "address already in use"). Never the same port twice
+    in a session."""
+    while True:
+        if _EPHEMERAL_LOW > 12000:
+            port = _ports.randrange(10000, _EPHEMERAL_LOW)
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def get(port: int, path: str = "/pid", timeout: float = 10.0) -> tuple[int, str]:
