@@ -42,12 +42,11 @@ request). A path or a connection is forgotten because a step can be judged block
 what was not its code: a loop thread that the machine stalls (measured on a virtual
 machine under 4 to 19 % steal time: one fast request in a hundred or so, switched out
 for 3 to 16 ms with no run-queue wait, just as a synchronous call sleeps). Then every
-path blocks now and then,
-gathering spares nobody and stops (``gather_pays``), rightly; but remembered for the
-worker's life, one such stall on a fast path would keep gathering off for good, and so
-would a first request that builds a cache; on a connection, one a proxy keeps open for
-hours, it would count that connection's every visit as a blocking one (and gather it)
-for as long.
+path blocks now and then, gathering spares nobody and stops (``gather_pays``), rightly;
+but remembered for the worker's life, one such stall on a fast path would keep
+gathering off for good, and so would a first request that builds a cache; on a
+connection, one a proxy keeps open for hours, it would count that connection's every
+visit as a blocking one (and gather it) for as long.
 
 Visits. What gathering weighs is who it spares against who it slows: the clients
 served lately whose requests could not block, against those whose could. Counted as
@@ -68,8 +67,7 @@ connection whose request took longer (it blocked, or it awaited something slow)
 becomes a *suspect*, and so does its path; the requests of suspect and marked
 connections, and for suspect, marked and blocking paths, are timed step by step, which
 tells blocking from awaiting, and each such request judges both its connection and its
-path.
-A path is thus marked on its second blocking request, a connection on its second, or
+path. A path is thus marked on its second blocking request, a connection on its second, or
 on its first for a path already marked (a connection gathered from another worker is
 marked again at once), and a long poll is never marked.
 
