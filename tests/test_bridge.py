@@ -184,3 +184,28 @@ def test_under_uvloop_a_handed_fd_goes_to_the_transport_without_a_socket_object(
         await bridge.shutdown()
 
     bridge.run(scenario())
+
+
+def test_under_uvloop_a_small_write_leaves_nothing_buffered():
+    """A response that fits in the socket's buffer is written to the kernel by the
+    ``write()`` call itself, so a connection whose response just completed shows an
+    empty write buffer at once: what ``movable`` checks at a request's end
+    (pmx.worker.handback ``after_response``). uvloop before 0.23 kept the bytes until
+    the loop's next iteration, and a busy connection was never moved at the end of its
+    request; pyproject.toml requires 0.23 for this."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            accepted, _addr = listener.accept()
+            transport, _protocol = await loop.connect_accepted_socket(
+                asyncio.Protocol, accepted)
+            transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            buffered = transport.get_write_buffer_size()
+            transport.close()
+            client.close()
+        assert buffered == 0, f"uvloop {uvloop.__version__} buffered {buffered} bytes"
+
+    uvloop.run(scenario())

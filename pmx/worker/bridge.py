@@ -24,10 +24,13 @@ in uvicorn. What that needs from uvicorn beyond its public ``Config``/``Server``
   transport closes its fd without ``shutdown()`` (what ``detach`` relies on);
 - and of uvloop, when it runs the loop: ``connect_accepted_socket`` reads only
   ``family``, ``type`` and ``fileno()`` of what it is given, lets libuv own the fd and
-  calls its ``close()`` when the transport closes (``_HandedFd``).
+  calls its ``close()`` when the transport closes (``_HandedFd``); and a ``write()``
+  that fits in the socket's buffer goes to the kernel within the call, so a response
+  just completed leaves the write buffer empty (``movable`` at a request's end; uvloop
+  before 0.23 kept it until the loop's next iteration).
 
-``tests/test_bridge.py`` checks each of these so that a uvicorn upgrade that changes them
-fails loudly, and pyproject pins uvicorn to the tested range.
+``tests/test_bridge.py`` checks each of these so that an upgrade that changes them fails
+loudly, and pyproject pins uvicorn and uvloop to the tested ranges.
 """
 
 from __future__ import annotations
