@@ -114,8 +114,9 @@ class AppConfig:
             "blocked last time) while another can take it; among equals the fewest open "
             "connections, then the fewest requests in flight (ties go round robin); or "
             "`packed`, for more workers than CPUs: least-busy, but new connections go to "
-            "as many workers as there are CPUs (those not held by the app) before any "
-            "other. See [architecture.md](architecture.md#balancing).",
+            "as many workers as there are CPUs (those not held by the app, nor with every "
+            "thread of a WSGI app's pool busy) before any other. See "
+            "[architecture.md](architecture.md#balancing).",
     )
     rebalance: str = setting(
         choice(REBALANCE_USES), "--rebalance", default="all",

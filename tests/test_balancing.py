@@ -390,6 +390,41 @@ def test_packed_serves_new_connections_on_as_many_workers_as_cpus(pmx_run):
     assert served["1"] and served["2"], served  # both active ones, in turn
 
 
+def in_flight(admin: int) -> int:
+    """Requests in flight in all workers, as the master sees them (their load slots)."""
+    status, text = get(admin, "/metrics")
+    assert status == 200
+    return sum(int(float(line.rpartition(" ")[2])) for line in text.splitlines()
+               if line.startswith("pmx_worker_requests_in_flight{"))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_packed_wakes_a_spare_worker_when_no_thread_is_free(pmx_run):
+    """A WSGI app (10 threads per worker), 4 workers confined to 2 CPUs: 30 requests
+    whose views sleep, all in flight at once. A worker whose 10 threads are busy is
+    passed over for a spare one, so no request waits for a thread while another worker
+    has one free (without this, the two active workers would get 15 each). Each request
+    is sent once the master sees the one before in flight."""
+    admin = free_port()
+    run = pmx_run("tests.apps.wsgi_sleep:app", "-i", "4", "--balance", "packed",
+                  "--admin", f"127.0.0.1:{admin}", cpus=first_cpus(2))
+    run.wait_serving(4)
+    conns = []
+    try:
+        for sent in range(1, 31):
+            conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=60)
+            conns.append(conn)
+            conn.request("GET", "/sleep?ms=8000")
+            wait_for(lambda sent=sent: in_flight(admin) >= sent, 10,
+                     f"{sent} requests in flight")
+        served = Counter(conn.getresponse().read().decode() for conn in conns)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert sum(served.values()) == 30
+    assert max(served.values()) == 10 and len(served) >= 3, served
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_packed_replaces_a_held_worker_with_the_next_one(pmx_run, tmp_path):
     """One of the two active workers is blocked in a synchronous call: the next worker

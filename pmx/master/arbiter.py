@@ -295,6 +295,7 @@ class Master:
                             waiter.set_result(healthy)
                     worker.probe_waiters.clear()
             elif kind == channel.READY:
+                worker.threads = int(channel.decode_json(message).get("threads", 0))
                 self._on_ready(worker)
             elif kind == channel.ERROR:
                 worker.error = str(channel.decode_json(message).get("error", ""))

@@ -69,15 +69,20 @@ caches the others have filled since it last ran (docs/architecture.md, "More wor
 than cores"). packed ranks as least-busy does, with two changes for a connection just
 accepted, whose request is about to be served. The first C workers not held by their
 app (a connection that blocks, a request for a path that blocks, held for over
-``HELD_STUCK``, or full) are *active*, and an active worker comes before any other
-whatever its load. Within the active ones, and then among the others, least-busy's
-rank decides. A loop merely stuck stays active: with more loops runnable than CPUs it
-most likely waits for a CPU, which a spare woken for the connection would wait for
-too. Connections handed back idle between two requests (a join, a drain) are placed
-as least-busy places them, where connections are fewest. What packed gives up:
-connections opened together are not spread evenly, and when a loop starts to block
-more connections are already waiting in it than when they are spread
-(docs/benchmarks.md has both).
+``HELD_STUCK``, or full) and not *saturated* are *active*, and an active worker comes
+before any other whatever its load. Within the active ones, and then among the others,
+least-busy's rank decides. A loop merely stuck stays active: with more loops runnable
+than CPUs it most likely waits for a CPU, which a spare woken for the connection would
+wait for too. A worker is saturated when its app runs requests in a thread pool (WSGI)
+and has as many requests in flight as the pool has threads: its loop turns, but a new
+request there waits for a thread while a spare worker's threads are idle (measured,
+16 workers on 2 CPUs, 64 clients on a WSGI view sleeping 50 ms: packed without this
+served 3.9k of their requests against least-busy's 9.0k, and 136 fast requests a
+second against 746; with it, as many as least-busy). Connections handed back idle
+between two requests (a join, a drain) are placed as least-busy places them, where
+connections are fewest. What packed gives up: connections opened together are not
+spread evenly, and when a loop starts to block more connections are already waiting in
+it than when they are spread (docs/benchmarks.md has both).
 
 To add a policy, write one class with a ``name``, ``ranks`` and ``share`` (and
 ``waits`` if it ever holds connections back) and list it in ``POLICIES``.
@@ -108,9 +113,10 @@ class Snapshot(NamedTuple):
     blockers: int  # open connections whose last request blocked its loop
     full: bool = False  # at its fd budget: takes no connection (pmx.worker.capacity)
     holding: int = 0  # requests in flight expected to block its loop (pmx.worker.blocks)
+    threads: int = 0  # its app's thread pool (a WSGI app's), 0: none (pmx.worker.app)
 
 
-# A Snapshot from a full 6-tuple without NamedTuple's Python-level __new__ (which fills
+# A Snapshot from a full 7-tuple without NamedTuple's Python-level __new__ (which fills
 # in defaults): 0.1 µs instead of 0.6, per worker at every pick.
 snapshot_of = functools.partial(tuple.__new__, Snapshot)
 
@@ -321,7 +327,7 @@ class LeastBusy(_Least):
 
 class Packed(LeastBusy):
     """least-busy, but connections just accepted fill the first ``cores`` workers not
-    held by their app before any other (see the module docstring)."""
+    held by their app nor saturated before any other (see the module docstring)."""
 
     name = "packed"
     evens_out = False  # its counts are uneven by design
@@ -330,24 +336,49 @@ class Packed(LeastBusy):
         super().__init__()
         self.cores = max(1, cores)
 
+    def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
+        """least-busy's rank of each, and the threads of its app's pool."""
+        ranks = []
+        for candidate in candidates:
+            s = candidate.snapshot(now)
+            ranks.append((*busy_rank(s), s.threads))
+        return ranks
+
+    def share(self, ranks: list[Any], count: int) -> list[int]:
+        return self._share(list(ranks), count, bump_pooled)
+
     def share_accepted(self, ranks: list[Any], count: int) -> list[int]:
-        return self._share(packed_ranks(ranks, self.cores), count, self.bump_packed)
+        """Pick by ``packed_ranks`` again for each connection: each is about to have a
+        request in flight, so a worker's pool may be saturated midway."""
+        ranks = list(ranks)
+        counts = [0] * len(ranks)
+        added = [0] * len(ranks)
+        for _ in range(count if ranks else 0):
+            index = self._lowest(packed_ranks(ranks, self.cores, added))
+            ranks[index] = bump_pooled(ranks[index])
+            added[index] += 1
+            counts[index] += 1
+            self.cursor = index + 1
+        return counts
 
-    @staticmethod
-    def bump_packed(rank: tuple[bool, bool, int, int, int]) -> tuple[bool, bool, int, int, int]:
-        held, spare, kind, load, inflight = rank
-        return (held, spare, kind, load + 1, inflight)
+
+def bump_pooled(rank: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """least-busy's ``bump`` of packed's rank, which also holds the pool's threads."""
+    kind, load, inflight, threads = rank
+    return (kind, load + 1, inflight, threads)
 
 
-def packed_ranks(ranks: Sequence[tuple[int, int, int]], cores: int,
-                 ) -> list[tuple[bool, bool, int, int, int]]:
-    """packed's rank of each worker from least-busy's: (held by its app, spare, then
-    least-busy's rank). The active workers are the first ``cores`` not held."""
+def packed_ranks(ranks: Sequence[tuple[int, int, int, int]], cores: int,
+                 added: Sequence[int] = ()) -> list[tuple[bool, bool, int, int, int]]:
+    """packed's rank of each worker from its ``ranks``: (held by its app, spare, then
+    least-busy's rank). The active workers are the first ``cores`` neither held nor
+    saturated, counting the requests of the connections ``added`` to each meanwhile."""
     packed = []
     active = 0
-    for kind, load, inflight in ranks:
+    for index, (kind, load, inflight, threads) in enumerate(ranks):
         held = kind >= BLOCKER
-        spare = held or active >= cores
+        busy = inflight + (added[index] if added else 0)
+        spare = held or 0 < threads <= busy or active >= cores
         active += not spare
         packed.append((held, spare, kind, load, inflight))
     return packed

@@ -86,6 +86,7 @@ class Worker:
     reclaimed: int = 0  # connections left unread while its loop was stuck, handed to others
     slot: LoadSlot | None = None  # the worker's live counters (pmx.loadslot)
     error: str = ""  # boot error text the worker sent before exiting
+    threads: int = 0  # its app's thread pool (WSGI), as its READY said; 0: none
     pidfd: int = -1  # readable once the process has exited (-1: none, poll on each tick)
     # (``sent`` after a hand-off, when) for hand-offs the worker has not read all of
     handoffs: deque[tuple[int, float]] = field(default_factory=deque)
@@ -162,14 +163,15 @@ class Worker:
 
     def snapshot(self, now: float) -> Snapshot:
         """The worker's state for least-busy (pmx.master.balancer): its load, requests
-        in flight, how long its loop has been stuck, and its connections that block.
+        in flight, how long its loop has been stuck, its connections that block, and
+        its app's thread pool.
 
         Stuck: with requests in flight, the time since its last stamp (a turning loop
         stamps every HEARTBEAT); idle, the time since its last stamp past IDLE_STUCK
         (it stamps every TICK); with an fd unread in its inbox for over UNREAD_STUCK,
         the time since it was sent."""
         if self.slot is None:
-            return Snapshot(self.sent, 0, 0.0, 0)
+            return Snapshot(self.sent, 0, 0.0, 0, threads=self.threads)
         (received, connections, inflight, _requests, blockers, holding, budget, _blocked,
          _calm_visits, _blocking_visits, _settled, active_at) = self.slot.raw()
         stuck = now - active_at
@@ -181,7 +183,8 @@ class Worker:
         if handoffs and now - handoffs[0][1] > UNREAD_STUCK and now - handoffs[0][1] > stuck:
             stuck = now - handoffs[0][1]
         load = self.sent - received + connections
-        return snapshot_of((load, inflight, stuck, blockers, 0 < budget <= load, holding))
+        return snapshot_of((load, inflight, stuck, blockers, 0 < budget <= load, holding,
+                            self.threads))
 
     def signal(self, sig: int) -> None:
         try:

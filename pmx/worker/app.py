@@ -11,6 +11,16 @@ from uvicorn.importer import ImportFromStringError, import_from_string
 
 from pmx.config import AppConfig
 
+# Threads of the pool a WSGI app's views run in, per worker (a2wsgi's default): a worker
+# runs at most this many views at once, and more requests wait for a thread.
+WSGI_THREADS = 10
+
+
+def threads_of(interface: str) -> int:
+    """The size of the thread pool requests run in for an app of ``interface`` (0: ASGI
+    apps run on the event loop)."""
+    return WSGI_THREADS if interface == "wsgi" else 0
+
 
 class AppLoadError(Exception):
     """The app could not be imported or is not a web app; the message says why."""
@@ -36,7 +46,7 @@ def load(config: AppConfig) -> tuple[Any, str]:
     if interface == "wsgi":
         from a2wsgi import WSGIMiddleware
 
-        return WSGIMiddleware(app), "wsgi"
+        return WSGIMiddleware(app, workers=WSGI_THREADS), "wsgi"
     return app, "asgi"
 
 

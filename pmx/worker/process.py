@@ -30,7 +30,7 @@ from pmx import channel
 from pmx.config import AppConfig
 from pmx.limits import raise_fd_limit
 from pmx.loadslot import SETTLE, LoadSlot
-from pmx.worker.app import AppLoadError, load
+from pmx.worker.app import AppLoadError, load, threads_of
 from pmx.worker.blocks import BlockWatch, SchedStat
 from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.capacity import Capacity
@@ -73,6 +73,7 @@ class WorkerServer:
         self.capacity = Capacity()
         self.handback = HandBack(chan, bridge, self.hooks)
         self.hand_back_on_stop = False  # the master's STOP asked for it
+        self.threads = 0  # the app's thread pool (WSGI: pmx.worker.app), told the master
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -84,7 +85,8 @@ class WorkerServer:
         self.capacity = Capacity()  # the fds open now are the app's own
         settle_heap()
         self.publish()  # the first stamp: the master sees a turning loop from the start
-        self._send(channel.encode_json(channel.READY, {"pid": os.getpid()}))
+        self._send(channel.encode_json(channel.READY,
+                                       {"pid": os.getpid(), "threads": self.threads}))
         loop.add_reader(self.chan.fileno(), self._on_channel)
         if self.inbox is not None:
             loop.add_reader(self.inbox.fileno(), self._on_inbox)
@@ -338,7 +340,7 @@ def main() -> None:
         sys.exit(channel.BOOT_ERROR)
 
     try:
-        app, _interface = load(config)
+        app, interface = load(config)
     except AppLoadError as exc:
         fail(str(exc))
     except BaseException as exc:  # the app's own import-time exception, with its traceback
@@ -367,6 +369,7 @@ def main() -> None:
     server.hooks = hooks
     server.handback = HandBack(chan, bridge, hooks, blocks)
     server.blocks = blocks
+    server.threads = threads_of(interface)
     chan.setblocking(False)
     if inbox is not None:
         inbox.setblocking(False)
