@@ -424,13 +424,19 @@ def test_packed_with_a_worker_per_cpu_is_least_busy():
         assert accepted(packed, candidates, 9) == accepted(least_busy, candidates, 9)
 
 
+def pooled(*loads, threads=10):
+    """Workers of a WSGI app, whose requests run in a pool of ``threads``."""
+    candidates = workers(*loads)
+    for worker in candidates:
+        worker.threads = threads
+    return candidates
+
+
 def test_packed_passes_over_a_worker_whose_thread_pool_is_busy():
     # A WSGI worker with a request in flight for each of its threads: a new request there
     # would wait for a thread while a spare worker's threads are idle.
     policy = make_policy("packed", 2)
-    candidates = workers(0, 0, 0, 0)
-    for worker in candidates:
-        worker.threads = 10
+    candidates = pooled(0, 0, 0, 0)
     candidates[0].inflight = 10
     assert accepted(policy, candidates, 6) == [0, 3, 3, 0]
     candidates[0].inflight = 8  # two threads free: active again, for two more
@@ -439,35 +445,25 @@ def test_packed_passes_over_a_worker_whose_thread_pool_is_busy():
 
 def test_packed_counts_the_requests_of_the_connections_it_hands_out_at_once():
     # A burst: each connection handed out is a request about to take a thread.
-    policy = make_policy("packed", 2)
-    candidates = workers(0, 0, 0, 0)
-    for worker in candidates:
-        worker.threads = 2
-    assert accepted(policy, candidates, 6) == [2, 2, 1, 1]
+    assert accepted(make_policy("packed", 2), pooled(0, 0, 0, 0, threads=2), 6) == [2, 2, 1, 1]
 
 
 def test_packed_spreads_by_least_busy_rank_once_every_pool_is_busy():
-    policy = make_policy("packed", 2)
-    candidates = workers(2, 0, 1, 3)
+    candidates = pooled(2, 0, 1, 3)
     for worker in candidates:
-        worker.threads, worker.inflight = 10, 10
-    assert accepted(policy, candidates, 6) == [1, 3, 2, 0]
+        worker.inflight = 10
+    assert accepted(make_policy("packed", 2), candidates, 6) == [1, 3, 2, 0]
 
 
 def test_packed_counts_no_pool_for_an_app_on_the_event_loop():
     # ASGI (threads 0): requests in flight wait on I/O, not for a thread.
-    policy = make_policy("packed", 2)
     candidates = workers(0, 0, 0, 0)
     candidates[0].inflight = 500
-    assert accepted(policy, candidates, 6) == [3, 3, 0, 0]
+    assert accepted(make_policy("packed", 2), candidates, 6) == [3, 3, 0, 0]
 
 
 def test_packed_places_handed_back_connections_with_its_own_ranks():
-    policy = make_policy("packed", 2)
-    candidates = workers(3, 3, 0, 0)
-    for worker in candidates:
-        worker.threads = 10
-    assert policy.spread(candidates, 6) == [0, 0, 3, 3]
+    assert make_policy("packed", 2).spread(pooled(3, 3, 0, 0), 6) == [0, 0, 3, 3]
 
 
 def test_packed_waits_while_every_loop_is_held():
