@@ -348,18 +348,29 @@ class Packed(LeastBusy):
         return self._share(list(ranks), count, bump_pooled)
 
     def share_accepted(self, ranks: list[Any], count: int) -> list[int]:
-        """Pick by ``packed_ranks`` again for each connection: each is about to have a
-        request in flight, so a worker's pool may be saturated midway."""
+        """Each connection is a request about to be in flight, so an active worker's
+        pool may be saturated midway through a batch: then (and only then, not once
+        per connection: this is the accept path) the active workers are chosen again."""
         ranks = list(ranks)
         counts = [0] * len(ranks)
         added = [0] * len(ranks)
+        packed = packed_ranks(ranks, self.cores)
         for _ in range(count if ranks else 0):
-            index = self._lowest(packed_ranks(ranks, self.cores, added))
+            index = self._lowest(packed)
+            packed[index] = bump_packed(packed[index])
             ranks[index] = bump_pooled(ranks[index])
             added[index] += 1
             counts[index] += 1
             self.cursor = index + 1
+            _kind, _load, inflight, threads = ranks[index]
+            if not packed[index][1] and 0 < threads <= inflight + added[index]:
+                packed = packed_ranks(ranks, self.cores, added)
         return counts
+
+
+def bump_packed(rank: tuple[bool, bool, int, int, int]) -> tuple[bool, bool, int, int, int]:
+    held, spare, kind, load, inflight = rank
+    return (held, spare, kind, load + 1, inflight)
 
 
 def bump_pooled(rank: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
