@@ -104,19 +104,20 @@ class AppConfig:
         doc="Where the master listens; [forms below](#--bind-forms).",
     )
     balance: str = setting(
-        choice(BALANCE_POLICIES), "--balance", default="least-busy",
+        choice(BALANCE_POLICIES), "--balance", default="auto",
         help="How the master picks a worker for each connection.",
-        doc="How the master picks a worker for each connection: each ready worker in turn, "
-            "the one with the fewest open connections, or the one least busy: a worker "
-            "whose event loop turns now, then one whose loop is stuck only briefly, then "
-            "one holding a kept-alive connection whose requests block its loop, never one "
-            "held by the app (blocked for 25 ms, or serving a request for a path that "
-            "blocked last time) while another can take it; among equals the fewest open "
-            "connections, then the fewest requests in flight (ties go round robin); or "
-            "`packed`, for more workers than CPUs: least-busy, but new connections go to "
-            "as many workers as there are CPUs (those not held by the app, nor with every "
-            "thread of a WSGI app's pool busy) before any other. See "
-            "[architecture.md](architecture.md#balancing).",
+        doc="How the master picks a worker for each connection. `auto`: `packed` while "
+            "the app has more workers than the CPUs they may use, `least-busy` otherwise. "
+            "`round-robin`: each ready worker in turn. `least-conn`: the one with the "
+            "fewest open connections. `least-busy`: a worker whose event loop turns now, "
+            "then one whose loop is stuck only briefly, then one holding a kept-alive "
+            "connection whose requests block its loop, never one held by the app "
+            "(blocked for 25 ms, or serving a request for a path that blocked last time) "
+            "while another can take it; among equals the fewest open connections, then "
+            "the fewest requests in flight (ties go round robin). `packed`: least-busy, "
+            "but new connections go to as many workers as there are CPUs (those not held "
+            "by the app, nor with every thread of a WSGI app's pool busy) before any "
+            "other. See [architecture.md](architecture.md#balancing).",
     )
     rebalance: str = setting(
         choice(REBALANCE_USES), "--rebalance", default="all",
@@ -128,10 +129,10 @@ class AppConfig:
             "joins the rotation (scale-up, a respawn) the busiest workers hand it their "
             "excess. `even`: when the same workers hold more than an even share of the "
             "kept-alive connections at two looks a second apart while no loop is blocked "
-            "(a pool opened while a loop was stuck), they hand the excess on (not with "
-            "`packed`). `drain`: a "
+            "(a pool opened while a loop was stuck), they hand the excess on (not while "
+            "packing: `packed`, or `auto` with more workers than CPUs). `drain`: a "
             "draining worker (reload, recycling, scale-down) hands its connections on "
-            "instead of closing them. `gather` (with `least-busy` or `packed`): "
+            "instead of closing them. `gather` (with `auto`, `least-busy` or `packed`): "
             "connections whose requests have blocked the event loop (every time, or now "
             "and then) are gathered on at most half the workers, leaving the other loops "
             "free, while more clients gain from it than lose. `all`: all "

@@ -30,7 +30,7 @@ from typing import Any
 from pmx.cpus import usable_cpus
 from pmx.errors import ConfigError
 
-BALANCE_POLICIES = ("round-robin", "least-conn", "least-busy", "packed")
+BALANCE_POLICIES = ("auto", "round-robin", "least-conn", "least-busy", "packed")
 REBALANCE_USES = ("all", "join", "even", "drain", "gather", "off")
 INTERFACES = ("auto", "asgi", "wsgi")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")

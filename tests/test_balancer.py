@@ -6,6 +6,7 @@ import pytest
 from pmx.master.balancer import (
     POLICIES,
     STUCK,
+    Auto,
     LeastBusy,
     LeastConnections,
     Packed,
@@ -52,7 +53,7 @@ def pick_ids(policy, candidates, times, count_load=False):
 
 @pytest.mark.parametrize(
     ("name", "cls"), [("round-robin", RoundRobin), ("least-conn", LeastConnections),
-                      ("least-busy", LeastBusy), ("packed", Packed)]
+                      ("least-busy", LeastBusy), ("packed", Packed), ("auto", Auto)]
 )
 def test_make_policy(name, cls):
     policy = make_policy(name)
@@ -63,6 +64,7 @@ def test_make_policy(name, cls):
 @pytest.mark.parametrize(("name", "live_load", "watches_loops", "evens_out"), [
     ("round-robin", False, False, True), ("least-conn", True, False, True),
     ("least-busy", True, True, True), ("packed", True, True, False),
+    ("auto", True, True, True),  # (one worker, one CPU: least-busy)
 ])
 def test_what_each_policy_asks_of_the_workers_and_of_rebalancing(name, live_load,
                                                                  watches_loops, evens_out):
@@ -422,6 +424,61 @@ def test_packed_with_a_worker_per_cpu_is_least_busy():
         candidates = workers(*loads)
         candidates[1].blockers = 1
         assert accepted(packed, candidates, 9) == accepted(least_busy, candidates, 9)
+
+
+def test_make_policy_gives_auto_the_cpus_and_the_workers_wanted():
+    policy = make_policy("auto", 2, 16)
+    assert (policy.cores, policy.workers, policy.packing) == (2, 16, True)
+    assert policy.describe() == "auto: packed, 16 worker(s) on 2 CPU(s)"
+    assert make_policy("auto", 2, 2).describe() == "auto: least-busy, 2 worker(s) on 2 CPU(s)"
+    assert make_policy("least-busy", 2).describe() == "least-busy"
+
+
+@pytest.mark.parametrize("cores", [2, 4])
+def test_auto_with_a_cpu_per_worker_is_least_busy(cores):
+    """As many CPUs as workers or more: least-busy's picks, for connections just
+    accepted and handed back alike, and counts left uneven are evened out."""
+    auto, least_busy = make_policy("auto", cores, 2), make_policy("least-busy")
+    assert not auto.packing and auto.evens_out
+    for loads in [(0, 0), (3, 0), (5, 5)]:
+        for stuck in [0.0, 0.010, 0.040]:
+            a, b = workers(*loads), workers(*loads)
+            a[0].inflight = b[0].inflight = 1
+            a[0].stuck = b[0].stuck = stuck
+            assert accepted(auto, a, 9) == accepted(least_busy, b, 9)
+            assert auto.spread(a, 5) == least_busy.spread(b, 5)
+
+
+def test_auto_with_more_workers_than_cpus_is_packed():
+    auto, packed = make_policy("auto", 2, 4), make_policy("packed", 2)
+    assert auto.packing and not auto.evens_out
+    assert accepted(auto, workers(0, 0, 0, 0), 10) == [5, 5, 0, 0]
+    candidates = pooled(0, 0, 0, 0)
+    candidates[0].inflight = 10
+    assert accepted(auto, candidates, 6) == accepted(packed, candidates, 6) == [0, 3, 3, 0]
+    assert auto.spread(workers(3, 3, 0, 0), 6) == [0, 0, 3, 3]
+
+
+def test_auto_follows_the_workers_the_app_wants():
+    """Scaled past the CPUs it packs, and back within them it spreads again; the
+    workers in rotation (one more for a moment during a reload) do not count."""
+    policy = make_policy("auto", 2, 2)
+    assert accepted(policy, workers(0, 0, 0), 6) == [2, 2, 2]
+    policy.wants(3)
+    assert policy.packing and not policy.evens_out
+    assert accepted(policy, workers(0, 0, 0), 6) == [3, 3, 0]
+    policy.wants(2)
+    assert accepted(policy, workers(0, 0, 0), 6) == [2, 2, 2]
+    assert policy.evens_out
+
+
+@pytest.mark.parametrize("name", ["round-robin", "least-conn", "least-busy", "packed"])
+def test_only_auto_minds_the_workers_wanted(name):
+    told, untold = make_policy(name, 2), make_policy(name, 2)
+    told.wants(1)
+    for loads in [(0, 0, 0, 0), (2, 0, 1, 0)]:
+        assert accepted(told, workers(*loads), 8) == accepted(untold, workers(*loads), 8)
+    assert told.evens_out == untold.evens_out
 
 
 def pooled(*loads, threads=10):

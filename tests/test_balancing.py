@@ -390,6 +390,36 @@ def test_packed_serves_new_connections_on_as_many_workers_as_cpus(pmx_run):
     assert served["1"] and served["2"], served  # both active ones, in turn
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_the_default_packs_only_while_workers_outnumber_cpus(pmx_run):
+    """No --balance (auto), 2 CPUs: with 2 workers, new connections are spread over
+    both; scaled to 3, past the CPUs, they go to two of them and the third is woken
+    only when one of those is held (now and then on a loaded machine, hence not all);
+    back to 2, spread again."""
+    run = pmx_run("tests.apps.plain:app", "-i", "2", cpus=first_cpus(2))
+    run.wait_serving(2)
+    assert "(auto: least-busy, 2 worker(s) on 2 CPU(s);" in run.log(), run.log()
+
+    def serving(count: int) -> Counter:
+        served = Counter()
+        for _ in range(count):
+            conn, worker_id = open_on_worker(run.port)
+            conn.close()
+            served[worker_id] += 1
+        return served
+
+    served = serving(20)
+    assert served["1"] >= 5 and served["2"] >= 5, served
+    run.signal(signal.SIGTTIN)
+    run.wait_serving(3)
+    served = serving(40)
+    assert served["1"] + served["2"] >= 30, served
+    run.signal(signal.SIGTTOU)
+    wait_for(lambda: len(run.workers()) == 2, 20, "the third worker to stop")
+    served = serving(20)
+    assert min(served.values()) >= 5 and len(served) == 2, served
+
+
 def in_flight(admin: int) -> int:
     """Requests in flight in all workers, as the master sees them (their load slots)."""
     status, text = get(admin, "/metrics")

@@ -45,8 +45,8 @@ def pmx_run_to_exit(*args: str) -> tuple[int, str]:
          "Error: Invalid value for '-i' / '--workers': 'abc' is not a valid worker count: "
          "expected a whole number >= 1 or 'max'."),
         ([APP, "--balance", "fastest"], 2,
-         "Error: Invalid value for '--balance': 'fastest' is not one of 'round-robin', "
-         "'least-conn', 'least-busy', 'packed'."),
+         "Error: Invalid value for '--balance': 'fastest' is not one of 'auto', "
+         "'round-robin', 'least-conn', 'least-busy', 'packed'."),
         ([APP, "--bind", "localhost"], 2,
          "Error: Invalid value for '--bind': 'localhost' is not a valid bind address: "
          "expected HOST:PORT or unix:PATH."),

@@ -245,7 +245,7 @@ def test_check_choice_accepts_every_choice(key, choices):
             "balance",
             "random",
             BALANCE_POLICIES,
-            "'random' is not one of 'round-robin', 'least-conn', 'least-busy', 'packed'.",
+            "'random' is not one of 'auto', 'round-robin', 'least-conn', 'least-busy', 'packed'.",
         ),
         (
             "interface",
@@ -455,7 +455,7 @@ def test_validate_rejects_file_as_app_dir(tmp_path):
         (
             {"app": "main:app", "balance": "random"},
             "balance",
-            "'random' is not one of 'round-robin', 'least-conn', 'least-busy', 'packed'.",
+            "'random' is not one of 'auto', 'round-robin', 'least-conn', 'least-busy', 'packed'.",
         ),
         (
             {"app": "main:app", "interface": "cgi"},

@@ -333,7 +333,7 @@ ERRORS = [
     (
         f'[[app]]\n{A}\nbalance = "random"\n',
         "config file '{path}': app #1: key 'balance': "
-        "'random' is not one of 'round-robin', 'least-conn', 'least-busy', 'packed'.",
+        "'random' is not one of 'auto', 'round-robin', 'least-conn', 'least-busy', 'packed'.",
     ),
     (
         f'[[app]]\n{A}\ninterface = "cgi"\n',

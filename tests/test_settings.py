@@ -55,7 +55,7 @@ def test_validate_runs_every_settings_parser():
 @pytest.mark.parametrize(
     ("name", "shown"),
     [("workers", "`1`"), ("graceful_timeout", "`30`"), ("access_log", "on"), ("env", ""),
-     ("balance", "`least-busy`"), ("log_max_size", "`10M`")],
+     ("balance", "`auto`"), ("log_max_size", "`10M`")],
 )
 def test_shown_default(name, shown):
     row = next(r for r in SETTINGS if r.name == name)

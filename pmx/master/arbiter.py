@@ -97,7 +97,7 @@ class Master:
         self.owns_listener = listener is None
         self.log_prefix = log_prefix  # workers prefix their output lines with their id
         self.address = config.bind_address
-        self.policy = make_policy(config.balance, usable_cpus())
+        self.policy = make_policy(config.balance, usable_cpus(), config.workers)
         self.lifecycle = Lifecycle(f"app {config.name}", MASTER_FLOW, log)
         self.live: list[Worker] = []  # every worker process not reaped yet
         self.backoffs: dict[int, Backoff] = {}
@@ -163,7 +163,7 @@ class Master:
             log.info(
                 "starting %s: %d worker(s) of %s on %s (%s; master pid %d)",
                 self.config.name, self.config.workers, self.config.app,
-                self._url(), self.policy.name, os.getpid(),
+                self._url(), self.policy.describe(), os.getpid(),
             )
             if self.config.admin:
                 admin = Admin(self)
@@ -564,6 +564,7 @@ class Master:
     def set_wanted(self, workers: int) -> None:
         """The app wants ``workers`` workers from now on; the daemon is told."""
         self.config.workers = workers
+        self.policy.wants(workers)
         self._emit("scaled", {"workers": workers})
 
     def snapshot(self) -> dict[str, Any]:

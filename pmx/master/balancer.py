@@ -16,8 +16,20 @@ accepts the batch and ``share(ranks, n)`` says how many of the ``n`` connections
 candidate gets: exactly what ``n`` successive picks would give if every pick counted
 its connection into the chosen worker's load. ``pick`` and ``spread`` do both steps.
 
-least-busy, the default
------------------------
+auto, the default
+-----------------
+``packed`` (below) while the app wants more workers than the CPUs they may use, and
+``least-busy`` otherwise; it follows the wanted count as the app is scaled. The reason
+is one: never keep more loops busy than there are CPUs to run them. With a CPU per
+worker that is every worker, and least-busy's even spread costs nothing; with more
+workers than CPUs, spreading wakes a process whose caches the others have filled for
+nearly every request (measured at 16 workers on 2 CPUs: least-busy used 1.2 to 2.9
+times uvicorn's CPU per request, packed 0.7 to 1.9; docs/benchmarks.md). Counting the
+wanted workers rather than those in rotation keeps the choice still while a reload
+runs a worker more for a moment.
+
+least-busy
+----------
 The kernel's shared accept, which ``uvicorn --workers`` and gunicorn rely on, is a pull:
 a worker whose event loop is stuck in a synchronous call does not accept, so nothing new
 waits behind it. The master pushes, so it must know which loops are turning *now*, and
@@ -146,6 +158,10 @@ class Policy(Protocol):
 
     def share(self, ranks: list[Any], count: int) -> list[int]: ...
 
+    def wants(self, workers: int) -> None: ...
+
+    def describe(self) -> str: ...
+
     def share_accepted(self, ranks: list[Any], count: int) -> list[int]: ...
 
     def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None: ...
@@ -181,6 +197,13 @@ class _Base:
         whose request is about to be served; ``share`` alone places connections handed
         back, idle between two requests. The same for every policy but packed."""
         return self.share(ranks, count)
+
+    def wants(self, workers: int) -> None:
+        """The app wants ``workers`` workers from now on (only ``auto`` minds)."""
+
+    def describe(self) -> str:
+        """The policy as the master's first log line names it."""
+        return self.name
 
     def pick(self, candidates: Sequence[C], now: float = 0.0) -> C | None:
         if not candidates:
@@ -368,6 +391,39 @@ class Packed(LeastBusy):
         return counts
 
 
+class Auto(Packed):
+    """packed while the app wants more workers than ``cores``, least-busy otherwise
+    (see the module docstring). The ranks are packed's either way: least-busy's and the
+    pool's threads, which only break ties least-busy leaves to round robin (every worker
+    of an app has the same pool)."""
+
+    name = "auto"
+
+    def __init__(self, cores: int = 1, workers: int = 1) -> None:
+        super().__init__(cores)
+        self.workers = workers
+
+    def wants(self, workers: int) -> None:
+        self.workers = workers
+
+    def describe(self) -> str:
+        acting = Packed.name if self.packing else LeastBusy.name
+        return f"{self.name}: {acting}, {self.workers} worker(s) on {self.cores} CPU(s)"
+
+    @property
+    def packing(self) -> bool:
+        return self.workers > self.cores
+
+    @property  # type: ignore[override]
+    def evens_out(self) -> bool:  # read at every look (pmx.master.rebalance)
+        return not self.packing
+
+    def share_accepted(self, ranks: list[Any], count: int) -> list[int]:
+        if self.packing:
+            return super().share_accepted(ranks, count)
+        return self.share(ranks, count)
+
+
 def bump_packed(rank: tuple[bool, bool, int, int, int]) -> tuple[bool, bool, int, int, int]:
     held, spare, kind, load, inflight = rank
     return (held, spare, kind, load + 1, inflight)
@@ -395,8 +451,9 @@ def packed_ranks(ranks: Sequence[tuple[int, int, int, int]], cores: int,
     return packed
 
 
-Policy_ = RoundRobin | LeastConnections | LeastBusy | Packed
+Policy_ = RoundRobin | LeastConnections | LeastBusy | Packed | Auto
 POLICIES: dict[str, type[Policy_]] = {
+    Auto.name: Auto,
     RoundRobin.name: RoundRobin,
     LeastConnections.name: LeastConnections,
     LeastBusy.name: LeastBusy,
@@ -404,8 +461,11 @@ POLICIES: dict[str, type[Policy_]] = {
 }
 
 
-def make_policy(name: str, cores: int = 1) -> Policy_:
-    """The policy called ``name``; ``cores``: the CPUs the workers may use (packed)."""
+def make_policy(name: str, cores: int = 1, workers: int = 1) -> Policy_:
+    """The policy called ``name``; ``cores``: the CPUs the workers may use (packed,
+    auto); ``workers``: how many the app wants (auto)."""
+    if name == Auto.name:
+        return Auto(cores, workers)
     if name == Packed.name:
         return Packed(cores)
     return POLICIES[name]()

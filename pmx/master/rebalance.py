@@ -182,7 +182,8 @@ class Rebalancer:
         or ``off``."""
         self.dispatch = dispatch
         self.on_join = uses in ("all", "join")
-        self.on_even = uses in ("all", "even") and dispatch.policy.evens_out
+        # (and while the policy evens out: auto's choice follows the wanted workers)
+        self.on_even = uses in ("all", "even")
         self.on_drain = uses in ("all", "drain")
         self.on_gather = uses in ("all", "gather")
         self.moved = 0  # connections handed back and handed on, over the app's life
@@ -284,7 +285,7 @@ class Rebalancer:
         now = time.monotonic()
         reports = [w.report for w in rotation]
         if (self.dispatch.closed or len(rotation) < 2 or self.timer is not None
-                or self.gathers or loop.time() < self.resume
+                or not self.dispatch.policy.evens_out or self.gathers or loop.time() < self.resume
                 or not all(calm(report, w.snapshot(now).stuck)
                            for w, report in zip(rotation, reports, strict=True))):
             self.excess = {}
