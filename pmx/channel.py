@@ -20,7 +20,7 @@ master -> worker
 
 worker -> master
     ``R`` + JSON   ready: app imported and lifespan startup complete (``pid``, and
-                   ``threads``: the thread pool its requests run in, 0 for ASGI)
+                   ``threads``: its app's thread pool, 0: none; pmx.worker.pool)
     ``E`` + JSON   boot error: message and traceback, sent before exiting
     ``Q`` + u64 + u8  probe N's answer: 1 healthy, 0 not. Without a health path the
                    event loop answers at once (it is not blocked); with one, the answer

@@ -13,7 +13,8 @@ connections its fd limit lets it hold: pmx.worker.capacity), open connections th
 blocked the loop at least once (what gathering moves: pmx.master.rebalance), calm and
 blocking visits (what it weighs: pmx.worker.blocks), *settled* connections (open at two
 of its looks SETTLE seconds apart: kept-alive ones, not those opened for one request,
-which is what evening out counts: pmx.master.rebalance), and ``active_at``:
+which is what evening out counts: pmx.master.rebalance), the threads of its app's pool
+taken (pmx.worker.pool; what packed passes over a worker for), and ``active_at``:
 ``time.monotonic()`` when the worker last made progress (adopted a connection, started
 or finished a request, or its heartbeat ran while requests were in flight).
 CLOCK_MONOTONIC is system-wide, so the master can compare it with its own clock. A write
@@ -49,12 +50,13 @@ class Load:
     calm_visits: int = 0
     blocking_visits: int = 0
     settled: int = 0
+    threads_taken: int = 0
 
 
 # Seconds between two looks of a worker at its open connections: those open at both
 # are *settled*.
 SETTLE = 1.0
-_LAYOUT = struct.Struct("=QQQQQQQQQQQd")
+_LAYOUT = struct.Struct("=QQQQQQQQQQQQd")
 _SIZE = _LAYOUT.size
 _pack = _LAYOUT.pack
 _monotonic = time.monotonic
@@ -78,17 +80,18 @@ class LoadSlot:
 
     def put(self, received: int, connections: int, inflight: int, requests: int,
             blockers: int, holding: int = 0, budget: int = 0, blocked: int = 0,
-            calm_visits: int = 0, blocking_visits: int = 0, settled: int = 0) -> None:
+            calm_visits: int = 0, blocking_visits: int = 0, settled: int = 0,
+            threads_taken: int = 0) -> None:
         """Write the counters, stamped with the time (the worker's hot path)."""
         # Not pack_into: it zeroes the whole record before filling it in, and a reader
         # in between would see zeros. A slice assignment only ever overwrites bytes.
         self.memory[:_SIZE] = _pack(received, connections, inflight, requests, blockers,
                                     holding, budget, blocked, calm_visits,
-                                    blocking_visits, settled, _monotonic())
+                                    blocking_visits, settled, threads_taken, _monotonic())
 
-    def raw(self) -> tuple[int, int, int, int, int, int, int, int, int, int, int, float]:
+    def raw(self) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, float]:
         """(received, connections, inflight, requests, blockers, holding, budget,
-        blocked, calm_visits, blocking_visits, settled, active_at)."""
+        blocked, calm_visits, blocking_visits, settled, threads_taken, active_at)."""
         return _LAYOUT.unpack_from(self.memory)  # type: ignore[return-value]
 
     def read(self) -> tuple[Load, float]:

@@ -40,7 +40,8 @@ def test_metrics_parse_and_count_the_requests_sent(pmx_run):
     assert after["4xx"] == after["5xx"] == 0
     families = {f.name: f for f in text_string_to_metric_families(get(admin, "/metrics")[1])}
     for name in ("pmx_request_duration_seconds", "pmx_worker_connections",
-                 "pmx_worker_requests_in_flight", "pmx_worker_rss_bytes",
+                 "pmx_worker_requests_in_flight", "pmx_worker_threads_taken",
+                 "pmx_worker_rss_bytes",
                  "pmx_worker_cpu_seconds", "pmx_worker_healthy", "pmx_worker_restarts"):
         assert name in families, name
     count = sum(s.value for s in families["pmx_request_duration_seconds"].samples

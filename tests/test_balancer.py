@@ -26,10 +26,11 @@ class Worker:
     full: bool = False
     holding: int = 0
     threads: int = 0
+    threads_taken: int = 0
 
     def snapshot(self, now: float) -> Snapshot:
         return Snapshot(self.load, self.inflight, self.stuck, self.blockers, self.full,
-                        self.holding, self.threads)
+                        self.holding, self.threads, self.threads_taken)
 
 
 def workers(*loads):
@@ -454,7 +455,7 @@ def test_auto_with_more_workers_than_cpus_is_packed():
     assert auto.packing and not auto.evens_out
     assert accepted(auto, workers(0, 0, 0, 0), 10) == [5, 5, 0, 0]
     candidates = pooled(0, 0, 0, 0)
-    candidates[0].inflight = 10
+    serving(candidates[0], 10)
     assert accepted(auto, candidates, 6) == accepted(packed, candidates, 6) == [0, 3, 3, 0]
     assert auto.spread(workers(3, 3, 0, 0), 6) == [0, 0, 3, 3]
 
@@ -489,14 +490,19 @@ def pooled(*loads, threads=10):
     return candidates
 
 
+def serving(worker, requests):
+    """A WSGI worker with ``requests`` in flight: each takes a thread."""
+    worker.inflight = worker.threads_taken = requests
+
+
 def test_packed_passes_over_a_worker_whose_thread_pool_is_busy():
     # A WSGI worker with a request in flight for each of its threads: a new request there
     # would wait for a thread while a spare worker's threads are idle.
     policy = make_policy("packed", 2)
     candidates = pooled(0, 0, 0, 0)
-    candidates[0].inflight = 10
+    serving(candidates[0], 10)
     assert accepted(policy, candidates, 6) == [0, 3, 3, 0]
-    candidates[0].inflight = 8  # two threads free: active again, for two more
+    serving(candidates[0], 8)  # two threads free: active again, for two more
     assert accepted(policy, candidates, 6) == [2, 2, 2, 0]
 
 
@@ -508,8 +514,19 @@ def test_packed_counts_the_requests_of_the_connections_it_hands_out_at_once():
 def test_packed_spreads_by_least_busy_rank_once_every_pool_is_busy():
     candidates = pooled(2, 0, 1, 3)
     for worker in candidates:
-        worker.inflight = 10
+        serving(worker, 10)
     assert accepted(make_policy("packed", 2), candidates, 6) == [1, 3, 2, 0]
+
+
+def test_packed_passes_over_an_asgi_worker_whose_anyio_threads_are_all_taken():
+    # An ASGI app's synchronous code (FastAPI's def endpoints) runs in anyio's pool: what
+    # counts is the threads taken, not the requests in flight (most await on the loop).
+    policy = make_policy("packed", 2)
+    candidates = pooled(0, 0, 0, 0, threads=40)
+    candidates[0].inflight, candidates[0].threads_taken = 500, 40
+    assert accepted(policy, candidates, 6) == [0, 3, 3, 0]
+    candidates[0].threads_taken = 3
+    assert accepted(policy, candidates, 6) == [3, 3, 0, 0]
 
 
 def test_packed_counts_no_pool_for_an_app_on_the_event_loop():

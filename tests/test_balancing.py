@@ -455,6 +455,43 @@ def test_packed_wakes_a_spare_worker_when_no_thread_is_free(pmx_run):
     assert max(served.values()) == 10 and len(served) >= 3, served
 
 
+def threads_taken(admin: int) -> dict[str, int]:
+    """Threads of each worker's pool taken, as the master sees them (their load slots)."""
+    status, text = get(admin, "/metrics")
+    assert status == 200
+    return {re.search(r'worker="(\d+)"', line).group(1): int(float(line.rpartition(" ")[2]))
+            for line in text.splitlines() if line.startswith("pmx_worker_threads_taken{")}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_the_default_wakes_a_spare_worker_when_no_anyio_thread_is_free(pmx_run):
+    """An ASGI app whose synchronous view runs in anyio's pool, shrunk to 4 threads at
+    startup; 4 workers on 2 CPUs, so the default packs. 12 sleeping requests, each sent
+    once the master sees the one before take a thread: the event loops stay free, yet
+    no worker gets a fifth while another has a thread free (without counting the pool's
+    threads, the two active workers would get 6 each, two waiting for a thread)."""
+    admin = free_port()
+    run = pmx_run("tests.apps.sync_views:app", "-i", "4", "--admin", f"127.0.0.1:{admin}",
+                  cpus=first_cpus(2))
+    run.wait_serving(4)
+    conns = []
+    try:
+        for sent in range(1, 13):
+            conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=60)
+            conns.append(conn)
+            conn.request("GET", "/sleep?ms=8000")
+            wait_for(lambda sent=sent: sum(threads_taken(admin).values()) >= sent, 10,
+                     f"{sent} threads taken")
+        taken = threads_taken(admin)
+        served = Counter(conn.getresponse().read().decode() for conn in conns)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert max(taken.values()) == 4, taken
+    assert sum(served.values()) == 12
+    assert max(served.values()) == 4 and len(served) >= 3, served
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_packed_replaces_a_held_worker_with_the_next_one(pmx_run, tmp_path):
     """One of the two active workers is blocked in a synchronous call: the next worker

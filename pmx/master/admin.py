@@ -162,6 +162,10 @@ class _Collector:
         inflight = GaugeMetricFamily(
             "pmx_worker_requests_in_flight", "Requests being answered.",
             labels=["app", "worker", "pid"])
+        threads = GaugeMetricFamily(
+            "pmx_worker_threads_taken",
+            "Threads of the app's pool taken: WSGI views, an ASGI app's synchronous code.",
+            labels=["app", "worker", "pid"])
         rss_family = GaugeMetricFamily("pmx_worker_rss_bytes", "Resident memory of the worker.",
                                 labels=["app", "worker", "pid"])
         cpu = CounterMetricFamily("pmx_worker_cpu_seconds", "CPU time used by the worker.",
@@ -185,6 +189,7 @@ class _Collector:
                 duration.add_metric(labels, buckets, w.metrics["sum"])
             connections.add_metric(labels, w.load)
             inflight.add_metric(labels, w.report.inflight)
+            threads.add_metric(labels, w.report.threads_taken)
             rss_family.add_metric(labels, master.sampler.rss(w.pid))
             cpu.add_metric(labels, master.sampler.cpu_seconds(w.pid))
             in_rotation = master.in_rotation(w)
@@ -195,6 +200,6 @@ class _Collector:
                    "scale")
         for reason in reasons:
             restarts.add_metric([app, reason], master.history.by_reason.get(reason, 0))
-        yield from (requests, duration, connections, inflight, rss_family, cpu, healthy, restarts,
-                    moved)
+        yield from (requests, duration, connections, inflight, threads, rss_family, cpu,
+                    healthy, restarts, moved)
 

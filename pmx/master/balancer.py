@@ -85,9 +85,11 @@ app (a connection that blocks, a request for a path that blocks, held for over
 before any other whatever its load. Within the active ones, and then among the others,
 least-busy's rank decides. A loop merely stuck stays active: with more loops runnable
 than CPUs it most likely waits for a CPU, which a spare woken for the connection would
-wait for too. A worker is saturated when its app runs requests in a thread pool (WSGI)
-and has as many requests in flight as the pool has threads: its loop turns, but a new
-request there waits for a thread while a spare worker's threads are idle (measured,
+wait for too. A worker is saturated when every thread of its app's pool is taken
+(pmx.worker.pool: a WSGI app's, where each request takes one, or anyio's, where an ASGI
+app runs its synchronous code), counting each connection handed to it in the same
+burst as a request about to take one: its loop turns, but a new request there may wait
+for a thread while a spare worker's threads are idle (measured,
 16 workers on 2 CPUs, 64 clients on a WSGI view sleeping 50 ms: packed without this
 served 3.9k of their requests against least-busy's 9.0k, and 136 fast requests a
 second against 746; with it, as many as least-busy). Connections handed back idle
@@ -125,10 +127,11 @@ class Snapshot(NamedTuple):
     blockers: int  # open connections whose last request blocked its loop
     full: bool = False  # at its fd budget: takes no connection (pmx.worker.capacity)
     holding: int = 0  # requests in flight expected to block its loop (pmx.worker.blocks)
-    threads: int = 0  # its app's thread pool (a WSGI app's), 0: none (pmx.worker.app)
+    threads: int = 0  # its app's thread pool, 0: none (pmx.worker.pool)
+    threads_taken: int = 0  # of which taken now
 
 
-# A Snapshot from a full 7-tuple without NamedTuple's Python-level __new__ (which fills
+# A Snapshot from a full 8-tuple without NamedTuple's Python-level __new__ (which fills
 # in defaults): 0.1 µs instead of 0.6, per worker at every pick.
 snapshot_of = functools.partial(tuple.__new__, Snapshot)
 
@@ -360,11 +363,11 @@ class Packed(LeastBusy):
         self.cores = max(1, cores)
 
     def ranks(self, candidates: Sequence[C], now: float) -> list[Any]:
-        """least-busy's rank of each, and the threads of its app's pool."""
+        """least-busy's rank of each, and the threads of its app's pool: all, taken."""
         ranks = []
         for candidate in candidates:
             s = candidate.snapshot(now)
-            ranks.append((*busy_rank(s), s.threads))
+            ranks.append((*busy_rank(s), s.threads, s.threads_taken))
         return ranks
 
     def share(self, ranks: list[Any], count: int) -> list[int]:
@@ -385,38 +388,32 @@ class Packed(LeastBusy):
             added[index] += 1
             counts[index] += 1
             self.cursor = index + 1
-            _kind, _load, inflight, threads = ranks[index]
-            if not packed[index][1] and 0 < threads <= inflight + added[index]:
+            _kind, _load, _inflight, threads, taken = ranks[index]
+            if not packed[index][1] and 0 < threads <= taken + added[index]:
                 packed = packed_ranks(ranks, self.cores, added)
         return counts
 
 
 class Auto(Packed):
     """packed while the app wants more workers than ``cores``, least-busy otherwise
-    (see the module docstring). The ranks are packed's either way: least-busy's and the
-    pool's threads, which only break ties least-busy leaves to round robin (every worker
-    of an app has the same pool)."""
+    (see the module docstring). The ranks are packed's either way: least-busy's, then
+    the pool's threads, so a tie least-busy leaves to round robin goes first to the
+    worker with fewer threads taken (with no pool, or none taken, it is round robin)."""
 
     name = "auto"
 
     def __init__(self, cores: int = 1, workers: int = 1) -> None:
         super().__init__(cores)
-        self.workers = workers
+        self.wants(workers)
 
     def wants(self, workers: int) -> None:
         self.workers = workers
+        self.packing = workers > self.cores
+        self.evens_out = not self.packing  # read at every look (pmx.master.rebalance)
 
     def describe(self) -> str:
         acting = Packed.name if self.packing else LeastBusy.name
         return f"{self.name}: {acting}, {self.workers} worker(s) on {self.cores} CPU(s)"
-
-    @property
-    def packing(self) -> bool:
-        return self.workers > self.cores
-
-    @property  # type: ignore[override]
-    def evens_out(self) -> bool:  # read at every look (pmx.master.rebalance)
-        return not self.packing
 
     def share_accepted(self, ranks: list[Any], count: int) -> list[int]:
         if self.packing:
@@ -429,22 +426,26 @@ def bump_packed(rank: tuple[bool, bool, int, int, int]) -> tuple[bool, bool, int
     return (held, spare, kind, load + 1, inflight)
 
 
-def bump_pooled(rank: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+PooledRank = tuple[int, int, int, int, int]  # least-busy's, then threads: all, taken
+
+
+def bump_pooled(rank: PooledRank) -> PooledRank:
     """least-busy's ``bump`` of packed's rank, which also holds the pool's threads."""
-    kind, load, inflight, threads = rank
-    return (kind, load + 1, inflight, threads)
+    kind, load, inflight, threads, taken = rank
+    return (kind, load + 1, inflight, threads, taken)
 
 
-def packed_ranks(ranks: Sequence[tuple[int, int, int, int]], cores: int,
+def packed_ranks(ranks: Sequence[PooledRank], cores: int,
                  added: Sequence[int] = ()) -> list[tuple[bool, bool, int, int, int]]:
     """packed's rank of each worker from its ``ranks``: (held by its app, spare, then
     least-busy's rank). The active workers are the first ``cores`` neither held nor
-    saturated, counting the requests of the connections ``added`` to each meanwhile."""
+    saturated, counting each connection ``added`` to one meanwhile as a request about to
+    take a thread."""
     packed = []
     active = 0
-    for index, (kind, load, inflight, threads) in enumerate(ranks):
+    for index, (kind, load, inflight, threads, taken) in enumerate(ranks):
         held = kind >= BLOCKER
-        busy = inflight + (added[index] if added else 0)
+        busy = taken + (added[index] if added else 0)
         spare = held or 0 < threads <= busy or active >= cores
         active += not spare
         packed.append((held, spare, kind, load, inflight))

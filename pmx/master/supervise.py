@@ -149,8 +149,8 @@ def _stalled(worker: Worker) -> float:
     failure."""
     if worker.slot is None:
         return 0.0
-    (_received, _connections, inflight, _r, _b, _h, _budget, _bl, _cv,
-     _bv, _settled, active_at) = worker.slot.raw()
+    raw = worker.slot.raw()
+    inflight, active_at = raw[2], raw[-1]
     if inflight or not active_at:
         return 0.0
     return max(0.0, time.monotonic() - active_at)

@@ -120,7 +120,7 @@ class Worker:
         burst is stopped at the budget even before the worker reads anything."""
         if self.slot is None:
             return False
-        received, connections, _i, _r, _b, _h, budget, _bl, _cv, _bv, _s, _a = self.slot.raw()
+        received, connections, _i, _r, _b, _h, budget, *_rest = self.slot.raw()
         return 0 < budget <= self.sent - received + connections
 
     @property
@@ -173,7 +173,7 @@ class Worker:
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0, threads=self.threads)
         (received, connections, inflight, _requests, blockers, holding, budget, _blocked,
-         _calm_visits, _blocking_visits, _settled, active_at) = self.slot.raw()
+         _calm_visits, _blocking_visits, _settled, taken, active_at) = self.slot.raw()
         stuck = now - active_at
         if not inflight and stuck < IDLE_STUCK:
             stuck = 0.0
@@ -184,7 +184,7 @@ class Worker:
             stuck = now - handoffs[0][1]
         load = self.sent - received + connections
         return snapshot_of((load, inflight, stuck, blockers, 0 < budget <= load, holding,
-                            self.threads))
+                            self.threads, taken))
 
     def signal(self, sig: int) -> None:
         try:

@@ -10,16 +10,7 @@ from typing import Any
 from uvicorn.importer import ImportFromStringError, import_from_string
 
 from pmx.config import AppConfig
-
-# Threads of the pool a WSGI app's views run in, per worker (a2wsgi's default): a worker
-# runs at most this many views at once, and more requests wait for a thread.
-WSGI_THREADS = 10
-
-
-def threads_of(interface: str) -> int:
-    """The size of the thread pool requests run in for an app of ``interface`` (0: ASGI
-    apps run on the event loop)."""
-    return WSGI_THREADS if interface == "wsgi" else 0
+from pmx.worker.pool import WSGI_THREADS
 
 
 class AppLoadError(Exception):

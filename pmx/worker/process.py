@@ -30,13 +30,14 @@ from pmx import channel
 from pmx.config import AppConfig
 from pmx.limits import raise_fd_limit
 from pmx.loadslot import SETTLE, LoadSlot
-from pmx.worker.app import AppLoadError, load, threads_of
+from pmx.worker.app import AppLoadError, load
 from pmx.worker.blocks import BlockWatch, SchedStat
 from pmx.worker.bridge import UvicornBridge, connection_of
 from pmx.worker.capacity import Capacity
 from pmx.worker.handback import HandBack
 from pmx.worker.hooks import RequestHooks
 from pmx.worker.metrics import RequestMetrics, instrument
+from pmx.worker.pool import Pool, pool_of
 
 # While requests are in flight, a load-aware worker stamps its slot at least this often
 # (seconds); a third of the master's STUCK (pmx.master.balancer), so that a loop that
@@ -73,7 +74,8 @@ class WorkerServer:
         self.capacity = Capacity()
         self.handback = HandBack(chan, bridge, self.hooks)
         self.hand_back_on_stop = False  # the master's STOP asked for it
-        self.threads = 0  # the app's thread pool (WSGI: pmx.worker.app), told the master
+        self.interface = "asgi"
+        self.pool = Pool()  # the app's thread pool (pmx.worker.pool), known once started
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -83,10 +85,11 @@ class WorkerServer:
             self._send(channel.encode_json(channel.ERROR, {"error": error}))
             return channel.BOOT_ERROR
         self.capacity = Capacity()  # the fds open now are the app's own
+        self.pool = pool_of(self.interface)  # (the app may have resized it at startup)
         settle_heap()
         self.publish()  # the first stamp: the master sees a turning loop from the start
         self._send(channel.encode_json(channel.READY,
-                                       {"pid": os.getpid(), "threads": self.threads}))
+                                       {"pid": os.getpid(), "threads": self.pool.size}))
         loop.add_reader(self.chan.fileno(), self._on_channel)
         if self.inbox is not None:
             loop.add_reader(self.inbox.fileno(), self._on_inbox)
@@ -218,12 +221,14 @@ class WorkerServer:
         blocks = self.blocks
         capacity = self.capacity
         capacity.full(counters[1])  # logs when it changes
+        taken = self.pool.taken(counters[2])
         if blocks is None:
-            self.slot.put(*counters, 0, 0, capacity.connections, settled=self.settled)
+            self.slot.put(*counters, 0, 0, capacity.connections, settled=self.settled,
+                          threads_taken=taken)
         else:
             self.slot.put(*counters, blocks.count, blocks.holding, capacity.connections,
                           len(blocks.blocked), blocks.calm_visits, blocks.blocking_visits,
-                          self.settled)
+                          self.settled, taken)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
@@ -369,7 +374,7 @@ def main() -> None:
     server.hooks = hooks
     server.handback = HandBack(chan, bridge, hooks, blocks)
     server.blocks = blocks
-    server.threads = threads_of(interface)
+    server.interface = interface
     chan.setblocking(False)
     if inbox is not None:
         inbox.setblocking(False)
