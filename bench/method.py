@@ -23,7 +23,9 @@ def method(cfg: Config, skipped: list[Server], argv: list[str], seconds: float,
     out.append(
         "For each worker count and each repeat, the harness starts every server afresh on "
         "its own free port, polls until every worker has answered (concurrent requests to "
-        f"/slow) and warms each up with {cfg.warmup} s of keep-alive load. Then it runs each "
+        "/slow; a pmx master that packs keeps its spare workers for later, so once no new "
+        "one has answered for 2 s, its processes are waited on to go idle instead) and "
+        f"warms each up with {cfg.warmup} s of keep-alive load. Then it runs each "
         f"scenario for {per} on one server after the other (the order rotates between "
         "repeats), so the servers compared in one scenario are measured within minutes of "
         "each other; the servers not under load meanwhile are idle. In a scenario the "

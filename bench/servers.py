@@ -142,14 +142,32 @@ def wait_answer(port: int, proc: subprocess.Popen[Any] | None = None, timeout: f
         time.sleep(0.05)
 
 
-def wait_every_worker(port: int, workers: int) -> set[str]:
+# Seconds without a new worker answering after which a pmx master's workers are taken
+# to be spares it keeps for later (wait_every_worker).
+PATIENCE = 2.0
+
+
+def wait_every_worker(port: int, workers: int, pid: int | None = None) -> set[str]:
     """Until every worker has answered. Requests to /slow hold a worker's event loop for
     50 ms, so concurrent ones reach the other workers even with servers whose workers
-    race for accept()."""
+    race for accept().
+
+    With ``pid`` (a pmx master, which may pack: with more workers than CPUs it hands
+    new connections to one worker per CPU, and to a spare only while one of those is
+    held or has no thread free, so a WSGI app's /slow, a sleep in its thread pool,
+    reaches only the workers whose threads it fills): once no new worker has answered
+    for PATIENCE seconds, the server's processes are waited on to go idle instead
+    (every worker has booted)."""
     seen: set[str] = set()
-    deadline = time.monotonic() + 30
-    while len(seen) < workers and time.monotonic() < deadline:
-        seen |= burst(port, 2 * workers, "/slow")
+    start = last_new = time.monotonic()
+    while len(seen) < workers and time.monotonic() < start + 30:
+        answered = burst(port, 2 * workers, "/slow")
+        if answered - seen:
+            last_new = time.monotonic()
+        seen |= answered
+        if pid is not None and len(seen) < workers and time.monotonic() > last_new + PATIENCE:
+            wait_idle(pid)
+            return seen
     if len(seen) < workers:
         log(f"warning: only {len(seen)} of {workers} workers answered on port {port}")
     return seen
@@ -186,7 +204,7 @@ def start(server: Server, workers: int, app: App, log_path: Path,
     try:
         wait_answer(port, proc, log_path=log_path)
         if every_worker:
-            wait_every_worker(port, workers)
+            wait_every_worker(port, workers, proc.pid if server.pmx_policy else None)
         else:
             wait_idle(proc.pid)
     except BaseException:
