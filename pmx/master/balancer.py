@@ -23,8 +23,8 @@ auto, the default
 is one: never keep more loops busy than there are CPUs to run them. With a CPU per
 worker that is every worker, and least-busy's even spread costs nothing; with more
 workers than CPUs, spreading wakes a process whose caches the others have filled for
-nearly every request (measured at 16 workers on 2 CPUs: least-busy used 1.2 to 2.9
-times uvicorn's CPU per request, packed 0.7 to 1.9; docs/benchmarks.md). Counting the
+nearly every request (measured at 16 workers on 2 CPUs: least-busy used 1.4 to 2.6
+times uvicorn's CPU per request, auto 0.7 to 1.9; docs/benchmarks.md). Counting the
 wanted workers rather than those in rotation keeps the choice still while a reload
 runs a worker more for a moment.
 

@@ -36,8 +36,9 @@ balancing policy, as if it had just been accepted. Four uses:
   (a connection or request there blocks its loop, or the loop is held), fewer
   connections there is right. Nor while gathering (below) asks for connections: a
   release never moves one that has blocked, but one gathered stays marked only while it
-  keeps blocking, and evening out would move it back out of the half. Not with packed,
-  whose counts are uneven by design.
+  keeps blocking, and evening out would move it back out of the half. Not while the
+  policy packs (packed, or auto with more workers than CPUs: ``evens_out``), whose
+  counts are uneven by design.
 - **A worker drains** (``drain``: reload, recycling, scale-down, a worker's SIGTERM): its
   STOP is ``S`` 1, and it hands back every kept-alive connection as it turns idle
   instead of closing it. Only at a full stop (the dispatcher is closed: no worker can
