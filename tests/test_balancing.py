@@ -420,12 +420,31 @@ def test_the_default_packs_only_while_workers_outnumber_cpus(pmx_run):
     assert min(served.values()) >= 5 and len(served) == 2, served
 
 
-def in_flight(admin: int) -> int:
-    """Requests in flight in all workers, as the master sees them (their load slots)."""
+def threads_taken(admin: int) -> dict[str, int]:
+    """Threads of each worker's pool taken, as the master sees them (their load slots)."""
     status, text = get(admin, "/metrics")
     assert status == 200
-    return sum(int(float(line.rpartition(" ")[2])) for line in text.splitlines()
-               if line.startswith("pmx_worker_requests_in_flight{"))
+    return {re.search(r'worker="(\d+)"', line).group(1): int(float(line.rpartition(" ")[2]))
+            for line in text.splitlines() if line.startswith("pmx_worker_threads_taken{")}
+
+
+def sleep_in_turn(port: int, admin: int, count: int) -> tuple[dict[str, int], Counter]:
+    """``count`` requests whose views sleep 8 s in a thread, each sent once the master
+    sees a thread taken for every one before it; the threads each worker has taken
+    then, and the workers that served them."""
+    conns = []
+    try:
+        for sent in range(1, count + 1):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conns.append(conn)
+            conn.request("GET", "/sleep?ms=8000")
+            wait_for(lambda sent=sent: sum(threads_taken(admin).values()) >= sent, 10,
+                     f"{sent} threads taken")
+        taken = threads_taken(admin)
+        return taken, Counter(conn.getresponse().read().decode() for conn in conns)
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
@@ -434,33 +453,15 @@ def test_packed_wakes_a_spare_worker_when_no_thread_is_free(pmx_run):
     whose views sleep, all in flight at once. A worker whose 10 threads are busy is
     passed over for a spare one, so no request waits for a thread while another worker
     has one free (without this, the two active workers would get 15 each). Each request
-    is sent once the master sees the one before in flight."""
+    is sent once the master sees the one before take a thread."""
     admin = free_port()
     run = pmx_run("tests.apps.wsgi_sleep:app", "-i", "4", "--balance", "packed",
                   "--admin", f"127.0.0.1:{admin}", cpus=first_cpus(2))
     run.wait_serving(4)
-    conns = []
-    try:
-        for sent in range(1, 31):
-            conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=60)
-            conns.append(conn)
-            conn.request("GET", "/sleep?ms=8000")
-            wait_for(lambda sent=sent: in_flight(admin) >= sent, 10,
-                     f"{sent} requests in flight")
-        served = Counter(conn.getresponse().read().decode() for conn in conns)
-    finally:
-        for conn in conns:
-            conn.close()
+    taken, served = sleep_in_turn(run.port, admin, 30)
+    assert max(taken.values()) == 10, taken
     assert sum(served.values()) == 30
     assert max(served.values()) == 10 and len(served) >= 3, served
-
-
-def threads_taken(admin: int) -> dict[str, int]:
-    """Threads of each worker's pool taken, as the master sees them (their load slots)."""
-    status, text = get(admin, "/metrics")
-    assert status == 200
-    return {re.search(r'worker="(\d+)"', line).group(1): int(float(line.rpartition(" ")[2]))
-            for line in text.splitlines() if line.startswith("pmx_worker_threads_taken{")}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
@@ -474,19 +475,7 @@ def test_the_default_wakes_a_spare_worker_when_no_anyio_thread_is_free(pmx_run):
     run = pmx_run("tests.apps.sync_views:app", "-i", "4", "--admin", f"127.0.0.1:{admin}",
                   cpus=first_cpus(2))
     run.wait_serving(4)
-    conns = []
-    try:
-        for sent in range(1, 13):
-            conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=60)
-            conns.append(conn)
-            conn.request("GET", "/sleep?ms=8000")
-            wait_for(lambda sent=sent: sum(threads_taken(admin).values()) >= sent, 10,
-                     f"{sent} threads taken")
-        taken = threads_taken(admin)
-        served = Counter(conn.getresponse().read().decode() for conn in conns)
-    finally:
-        for conn in conns:
-            conn.close()
+    taken, served = sleep_in_turn(run.port, admin, 12)
     assert max(taken.values()) == 4, taken
     assert sum(served.values()) == 12
     assert max(served.values()) == 4 and len(served) >= 3, served
