@@ -11,7 +11,10 @@ are taken now (published in the load slot with the other counts, pmx.loadslot):
 - an ASGI app that runs synchronous code through anyio (Starlette's and FastAPI's
   ``def`` endpoints, ``run_in_threadpool``) uses anyio's default limiter, 40 threads
   unless the app changed it at startup: the tokens borrowed are the threads taken;
-- any other ASGI app runs on the event loop: no pool.
+- an ASGI app that runs only on its event loop takes none of them.
+
+uvicorn imports anyio (through watchfiles), so an ASGI app's worker reports anyio's
+pool whether the app uses it or not; where anyio is missing, it reports none.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class AnyioPool(Pool):
 def pool_of(interface: str) -> Pool:
     """The pool of an app of ``interface``, looked up on the running event loop after the
     app's startup (anyio keeps one default limiter per loop, and an app may resize it
-    then). anyio is looked for only if the app imported it."""
+    then). anyio is looked for only if already imported (uvicorn imports it)."""
     if interface == "wsgi":
         return WsgiPool()
     if "anyio" not in sys.modules:
