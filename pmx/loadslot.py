@@ -14,9 +14,11 @@ blocked the loop at least once (what gathering moves: pmx.master.rebalance), cal
 blocking visits (what it weighs: pmx.worker.blocks), *settled* connections (open at two
 of its looks SETTLE seconds apart: kept-alive ones, not those opened for one request,
 which is what evening out counts: pmx.master.rebalance), the threads of its app's pool
-taken (pmx.worker.pool; what packed passes over a worker for), and ``active_at``:
-``time.monotonic()`` when the worker last made progress (adopted a connection, started
-or finished a request, or its heartbeat ran while requests were in flight).
+taken (pmx.worker.pool; what packed passes over a worker for), its heartbeat's
+``slack`` (seconds its next stamp may come later than a busy loop's: its requests in
+flight have been quiet, pmx.worker.process), and ``active_at``: ``time.monotonic()``
+when the worker last made progress (adopted a connection, started or finished a
+request, or its heartbeat ran while requests were in flight).
 CLOCK_MONOTONIC is system-wide, so the master can compare it with its own clock. A write
 copies the packed record over the old one; a reader may see a mix of two writes, which
 only blurs a heuristic for one pick, but never fields that were not written.
@@ -51,12 +53,13 @@ class Load:
     blocking_visits: int = 0
     settled: int = 0
     threads_taken: int = 0
+    slack: float = 0.0
 
 
 # Seconds between two looks of a worker at its open connections: those open at both
 # are *settled*.
 SETTLE = 1.0
-_LAYOUT = struct.Struct("=QQQQQQQQQQQQd")
+_LAYOUT = struct.Struct("=QQQQQQQQQQQQdd")
 _SIZE = _LAYOUT.size
 _pack = _LAYOUT.pack
 _monotonic = time.monotonic
@@ -81,17 +84,20 @@ class LoadSlot:
     def put(self, received: int, connections: int, inflight: int, requests: int,
             blockers: int, holding: int = 0, budget: int = 0, blocked: int = 0,
             calm_visits: int = 0, blocking_visits: int = 0, settled: int = 0,
-            threads_taken: int = 0) -> None:
+            threads_taken: int = 0, slack: float = 0.0) -> None:
         """Write the counters, stamped with the time (the worker's hot path)."""
         # Not pack_into: it zeroes the whole record before filling it in, and a reader
         # in between would see zeros. A slice assignment only ever overwrites bytes.
         self.memory[:_SIZE] = _pack(received, connections, inflight, requests, blockers,
                                     holding, budget, blocked, calm_visits,
-                                    blocking_visits, settled, threads_taken, _monotonic())
+                                    blocking_visits, settled, threads_taken, slack,
+                                    _monotonic())
 
-    def raw(self) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, float]:
+    def raw(self) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, float,
+                           float]:
         """(received, connections, inflight, requests, blockers, holding, budget,
-        blocked, calm_visits, blocking_visits, settled, threads_taken, active_at)."""
+        blocked, calm_visits, blocking_visits, settled, threads_taken, slack,
+        active_at)."""
         return _LAYOUT.unpack_from(self.memory)  # type: ignore[return-value]
 
     def read(self) -> tuple[Load, float]:

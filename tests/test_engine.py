@@ -111,6 +111,28 @@ def test_a_worker_sleeps_from_one_request_to_the_next(pmx_run):
     assert wakes < requests * 0.6, f"{wakes} wake-ups in {requests} idle gaps"
 
 
+def test_a_worker_holding_quiet_requests_slows_its_heartbeat(pmx_run):
+    """Requests in flight that only await (long polls, WebSockets) keep the heartbeat
+    on, but while none starts or ends it slows down to QUIET_BEAT: the loop is not
+    woken a thousand times a second for nothing. A new request brings it back."""
+    run = pmx_run("tests.apps.plain:app", "-i", "1")
+    run.wait_serving(1)
+    worker = run.workers()[0]
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+        sock.sendall(b"GET /slow?ms=20000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(lambda: worker.status() == psutil.STATUS_SLEEPING, 5, "the worker to sleep")
+        before, started = worker.num_ctx_switches().voluntary, time.monotonic()
+        # The load's shape, not a wait for a state: half a second of a quiet request,
+        # in which a heartbeat at HEARTBEAT's rate would wake the loop 500 times.
+        time.sleep(0.5)
+        wakes = worker.num_ctx_switches().voluntary - before
+        gap = time.monotonic() - started
+        # At QUIET_BEAT's rate, 16 ms, and the idle tick's, 100 ms: about 36.
+        assert wakes < gap / 0.001 * 0.2, f"{wakes} wake-ups in {gap:.2f} s"
+        # The slowed-down loop still serves at once.
+        assert get(run.port, "/pid")[0] == 200
+
+
 def test_worker_env_and_ids(pmx_run):
     run = pmx_run("tests.apps.plain:app", "-i", "2", "--env", "GREETING=hi", "--name", "web",
                   "--balance", "round-robin")  # two requests, one per worker

@@ -35,6 +35,15 @@ def test_a_busy_worker_is_stuck_for_as_long_as_it_has_not_stamped(worker):
     assert worker.snapshot(at + 0.020) == Snapshot(1, 1, pytest.approx(0.020), 1)
 
 
+def test_a_quiet_worker_is_stuck_only_past_the_slack_it_published(worker):
+    # Requests in flight, none starting or ending: its next stamp comes 15 ms later
+    # than a busy loop's, and it said so.
+    worker.slot.put(0, 1, 1, 0, 0, slack=0.015)
+    at = worker.slot.raw()[-1]
+    assert worker.snapshot(at + 0.010).stuck <= 0.0
+    assert worker.snapshot(at + 0.040).stuck == pytest.approx(0.025)
+
+
 def test_fds_unread_since_they_were_sent_make_an_idle_worker_stuck(worker):
     at = stamp(worker)
     worker.handed(2, at + 0.010)

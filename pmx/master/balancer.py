@@ -39,9 +39,11 @@ each worker by, in order:
 1. **Its class**, from what its load slot says now (``busy_rank``), best first:
 
    - *turning*: its loop makes progress. A worker with requests in flight stamps its
-     load slot at least every millisecond (its heartbeat) while its loop turns, and an
-     idle one every 100 ms.
-   - *stuck briefly*: its stamp is older than ``STUCK`` with requests in flight (or,
+     load slot at least every millisecond (its heartbeat) while its loop turns (less
+     often while those requests only await, and it publishes by how much: its slack,
+     pmx.worker.process QUIET_BEAT), and an idle one every 100 ms.
+   - *stuck briefly*: its stamp is older than ``STUCK`` past its slack with requests
+     in flight (or,
      idle, older than 250 ms, or it has an fd unread for 25 ms: ``Worker.snapshot``),
      for less than ``HELD_STUCK``, and nothing it runs is known to block. On a busy
      machine that is most often a loop waiting for a CPU, which the scheduler gives it

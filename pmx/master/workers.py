@@ -167,14 +167,15 @@ class Worker:
         its app's thread pool.
 
         Stuck: with requests in flight, the time since its last stamp (a turning loop
-        stamps every HEARTBEAT); idle, the time since its last stamp past IDLE_STUCK
-        (it stamps every TICK); with an fd unread in its inbox for over UNREAD_STUCK,
-        the time since it was sent."""
+        stamps every HEARTBEAT), less the slack it published with that stamp (a quiet
+        one stamps less often, and says so); idle, the time since its last stamp past
+        IDLE_STUCK (it stamps every TICK); with an fd unread in its inbox for over
+        UNREAD_STUCK, the time since it was sent."""
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0, threads=self.threads)
         (received, connections, inflight, _requests, blockers, holding, budget, _blocked,
-         _calm_visits, _blocking_visits, _settled, taken, active_at) = self.slot.raw()
-        stuck = now - active_at
+         _calm_visits, _blocking_visits, _settled, taken, slack, active_at) = self.slot.raw()
+        stuck = now - active_at - slack
         if not inflight and stuck < IDLE_STUCK:
             stuck = 0.0
         handoffs = self.handoffs
