@@ -27,10 +27,11 @@ class Worker:
     holding: int = 0
     threads: int = 0
     threads_taken: int = 0
+    blocked: int = 0
 
     def snapshot(self, now: float) -> Snapshot:
         return Snapshot(self.load, self.inflight, self.stuck, self.blockers, self.full,
-                        self.holding, self.threads, self.threads_taken)
+                        self.holding, self.threads, self.threads_taken, self.blocked)
 
 
 def workers(*loads):
@@ -406,6 +407,20 @@ def test_packed_replaces_a_worker_held_by_its_app_with_the_next_one(held):
     for key, value in held.items():
         setattr(candidates[0], key, value)
     assert accepted(policy, candidates, 6) == [0, 3, 3, 0]
+
+
+def test_packed_does_not_pack_onto_a_worker_whose_connections_blocked_lately():
+    # Heavy-tailed requests: worker 0 holds connections that blocked its loop a moment
+    # ago, unmarked now (their last requests were fast). A fast connection packed there
+    # would wait out their next block; the clean workers are the active ones.
+    policy = make_policy("packed", 2)
+    candidates = workers(4, 0, 0, 0)
+    candidates[0].blocked = 2
+    assert accepted(policy, candidates, 6) == [0, 3, 3, 0]
+    # When every worker holds one, there is nothing clean to pack on: least-busy's rank.
+    for worker in candidates:
+        worker.blocked = 1
+    assert accepted(policy, candidates, 6) == [0, 2, 2, 2]
 
 
 def test_packed_keeps_a_loop_stuck_briefly_active():

@@ -75,30 +75,35 @@ each worker by, in order:
 Nothing in the rank decays or is tuned to a workload: each part is a fact about the
 worker at the moment of the pick, and each rule says why it predicts a wait.
 
-packed, for more workers than CPUs
-----------------------------------
-With more workers than the CPUs they may use (C, pmx.cpus), spreading costs CPU: each
-worker serves its share and sleeps, so nearly every request wakes a process whose
-caches the others have filled since it last ran (docs/architecture.md, "More workers
-than cores"). packed ranks as least-busy does, with two changes for a connection just
-accepted, whose request is about to be served. The first C workers not held by their
-app (a connection that blocks, a request for a path that blocks, held for over
-``HELD_STUCK``, or full) and not *saturated* are *active*, and an active worker comes
-before any other whatever its load. Within the active ones, and then among the others,
+packed, for more workers than CPUs ---------------------------------- With more workers
+than the CPUs they may use (C, pmx.cpus), spreading costs CPU: each worker serves its
+share and sleeps, so nearly every request wakes a process whose caches the others have
+filled since it last ran (docs/architecture.md, "More workers than cores"). packed ranks
+as least-busy does, with two changes for a connection just accepted, whose request is
+about to be served. The first C workers not held by their app (a connection that blocks,
+a request for a path that blocks, held for over ``HELD_STUCK``, or full), holding no
+connection that has blocked its loop lately (in the last 5 s: pmx.worker.blocks
+``blocked``) and not *saturated* are *active*, and an active worker comes before any
+other whatever its load. Packing bets that an active loop serves the connection at once;
+a loop whose connections block now and then (heavy-tailed durations) loses that bet
+whenever one does, while its mark, which goes at the connection's next request that does
+not block, is off most of the time. Such connections are gathered on few workers
+(pmx.master.rebalance), so the others stay clean to pack on; when every worker holds
+one, packed is least-busy. Within the active ones, and then among the others,
 least-busy's rank decides. A loop merely stuck stays active: with more loops runnable
 than CPUs it most likely waits for a CPU, which a spare woken for the connection would
 wait for too. A worker is saturated when every thread of its app's pool is taken
 (pmx.worker.pool: a WSGI app's, where each request takes one, or anyio's, where an ASGI
-app runs its synchronous code), counting each connection handed to it in the same
-burst as a request about to take one: its loop turns, but a new request there may wait
-for a thread while a spare worker's threads are idle (measured,
-16 workers on 2 CPUs, 64 clients on a WSGI view sleeping 50 ms: packed without this
-served 3.9k of their requests against least-busy's 9.0k, and 136 fast requests a
-second against 746; with it, as many as least-busy). Connections handed back idle
-between two requests (a join, a drain) are placed as least-busy places them, where
-connections are fewest. What packed gives up: connections opened together are not
-spread evenly, and when a loop starts to block more connections are already waiting in
-it than when they are spread (docs/benchmarks.md has both).
+app runs its synchronous code), counting each connection handed to it in the same burst
+as a request about to take one: its loop turns, but a new request there may wait for a
+thread while a spare worker's threads are idle (measured, 16 workers on 2 CPUs, 64
+clients on a WSGI view sleeping 50 ms: packed without this served 3.9k of their requests
+against least-busy's 9.0k, and 136 fast requests a second against 746; with it, as many
+as least-busy). Connections handed back idle between two requests (a join, a drain) are
+placed as least-busy places them, where connections are fewest. What packed gives up:
+connections opened together are not spread evenly, and when a loop starts to block more
+connections are already waiting in it than when they are spread (docs/benchmarks.md has
+both).
 
 To add a policy, write one class with a ``name``, ``ranks`` and ``share`` (and
 ``waits`` if it ever holds connections back) and list it in ``POLICIES``.
@@ -131,9 +136,10 @@ class Snapshot(NamedTuple):
     holding: int = 0  # requests in flight expected to block its loop (pmx.worker.blocks)
     threads: int = 0  # its app's thread pool, 0: none (pmx.worker.pool)
     threads_taken: int = 0  # of which taken now
+    blocked: int = 0  # open connections that have blocked its loop lately
 
 
-# A Snapshot from a full 8-tuple without NamedTuple's Python-level __new__ (which fills
+# A Snapshot from a full 9-tuple without NamedTuple's Python-level __new__ (which fills
 # in defaults): 0.1 µs instead of 0.6, per worker at every pick.
 snapshot_of = functools.partial(tuple.__new__, Snapshot)
 
@@ -369,7 +375,7 @@ class Packed(LeastBusy):
         ranks = []
         for candidate in candidates:
             s = candidate.snapshot(now)
-            ranks.append((*busy_rank(s), s.threads, s.threads_taken))
+            ranks.append((*busy_rank(s), s.threads, s.threads_taken, s.blocked))
         return ranks
 
     def share(self, ranks: list[Any], count: int) -> list[int]:
@@ -390,7 +396,7 @@ class Packed(LeastBusy):
             added[index] += 1
             counts[index] += 1
             self.cursor = index + 1
-            _kind, _load, _inflight, threads, taken = ranks[index]
+            _kind, _load, _inflight, threads, taken, _blocked = ranks[index]
             if not packed[index][1] and 0 < threads <= taken + added[index]:
                 packed = packed_ranks(ranks, self.cores, added)
         return counts
@@ -428,27 +434,28 @@ def bump_packed(rank: tuple[bool, bool, int, int, int]) -> tuple[bool, bool, int
     return (held, spare, kind, load + 1, inflight)
 
 
-PooledRank = tuple[int, int, int, int, int]  # least-busy's, then threads: all, taken
+# least-busy's, then threads: all, taken; then connections that blocked lately
+PooledRank = tuple[int, int, int, int, int, int]
 
 
 def bump_pooled(rank: PooledRank) -> PooledRank:
     """least-busy's ``bump`` of packed's rank, which also holds the pool's threads."""
-    kind, load, inflight, threads, taken = rank
-    return (kind, load + 1, inflight, threads, taken)
+    kind, load, inflight, threads, taken, blocked = rank
+    return (kind, load + 1, inflight, threads, taken, blocked)
 
 
 def packed_ranks(ranks: Sequence[PooledRank], cores: int,
                  added: Sequence[int] = ()) -> list[tuple[bool, bool, int, int, int]]:
     """packed's rank of each worker from its ``ranks``: (held by its app, spare, then
-    least-busy's rank). The active workers are the first ``cores`` neither held nor
-    saturated, counting each connection ``added`` to one meanwhile as a request about to
-    take a thread."""
+    least-busy's rank). The active workers are the first ``cores`` neither held, nor
+    holding a connection that blocked lately, nor saturated, counting each connection
+    ``added`` to one meanwhile as a request about to take a thread."""
     packed = []
     active = 0
-    for index, (kind, load, inflight, threads, taken) in enumerate(ranks):
+    for index, (kind, load, inflight, threads, taken, blocked) in enumerate(ranks):
         held = kind >= BLOCKER
         busy = taken + (added[index] if added else 0)
-        spare = held or 0 < threads <= busy or active >= cores
+        spare = held or blocked > 0 or 0 < threads <= busy or active >= cores
         active += not spare
         packed.append((held, spare, kind, load, inflight))
     return packed

@@ -173,7 +173,7 @@ class Worker:
         UNREAD_STUCK, the time since it was sent."""
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0, threads=self.threads)
-        (received, connections, inflight, _requests, blockers, holding, budget, _blocked,
+        (received, connections, inflight, _requests, blockers, holding, budget, blocked,
          _calm_visits, _blocking_visits, _settled, taken, slack, active_at) = self.slot.raw()
         stuck = now - active_at - slack
         if not inflight and stuck < IDLE_STUCK:
@@ -185,7 +185,7 @@ class Worker:
             stuck = now - handoffs[0][1]
         load = self.sent - received + connections
         return snapshot_of((load, inflight, stuck, blockers, 0 < budget <= load, holding,
-                            self.threads, taken))
+                            self.threads, taken, blocked))
 
     def signal(self, sig: int) -> None:
         try:
