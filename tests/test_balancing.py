@@ -391,6 +391,50 @@ def test_packed_serves_new_connections_on_as_many_workers_as_cpus(pmx_run):
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_packed_does_not_pack_onto_a_worker_whose_connection_blocked_lately(pmx_run):
+    """4 workers on 2 CPUs. A kept-alive connection on one of the two active workers
+    blocks its loop, then asks for something fast, so it is no longer marked as
+    one that blocks; it has blocked lately all the same, like a connection whose
+    requests take heavy-tailed times. It is that worker's only connection, and the
+    other active one holds two idle ones, so by load it would get every new connection.
+    They go to the two workers whose connections have not blocked instead. Rebalancing
+    is off so every connection stays where it is."""
+    run = pmx_run("tests.apps.plain:app", "-i", "4", "--balance", "packed",
+                  "--rebalance", "off", cpus=first_cpus(2))
+    run.wait_serving(4)
+    tail, tailed = open_on_worker(run.port)
+    assert tailed in ("1", "2"), tailed  # an active worker
+    other = "2" if tailed == "1" else "1"
+    opened = [(tail, tailed)]
+    for _ in range(20):  # two idle ones on the other active worker, only those
+        conn, worker_id = open_on_worker(run.port)
+        if worker_id == other:
+            opened.append((conn, worker_id))
+        else:
+            conn.close()
+        if len(opened) == 3:
+            break
+    assert len(opened) == 3, opened
+    wait_for(lambda: run.holds_connections() == 3, 5, "only the three to stay open")
+    for _ in range(2):  # a connection is judged on its second blocking request
+        request_on(tail, "/block?ms=40")
+    request_on(tail, "/pid")  # fast: its mark goes, its recent blocks stay
+    served = Counter()
+    try:
+        # Well within the 5 s a block is remembered, however slow the machine.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and sum(served.values()) < 30:
+            conn, worker_id = open_on_worker(run.port)
+            conn.close()
+            served[worker_id] += 1
+    finally:
+        for conn, _worker_id in opened:
+            conn.close()
+    assert sum(served.values()) >= 10, served
+    assert served[tailed] <= sum(served.values()) // 10, served
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_the_default_packs_only_while_workers_outnumber_cpus(pmx_run):
     """No --balance (auto), 2 CPUs: with 2 workers, new connections are spread over
     both; scaled to 3, past the CPUs, they go to two of them and the third is woken
