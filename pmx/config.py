@@ -116,8 +116,9 @@ class AppConfig:
             "while another can take it; among equals the fewest open connections, then "
             "the fewest requests in flight (ties go round robin). `packed`: least-busy, "
             "but new connections go to as many workers as there are CPUs (those not held "
-            "by the app, nor with every thread of a WSGI app's pool busy) before any "
-            "other. See [architecture.md](architecture.md#balancing).",
+            "by the app, nor holding a connection that blocked their loop in the last 5 "
+            "seconds, nor with every thread of their app's pool busy) before any other. "
+            "See [architecture.md](architecture.md#balancing).",
     )
     rebalance: str = setting(
         choice(REBALANCE_USES), "--rebalance", default="all",
