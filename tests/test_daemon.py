@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from pmx.cpus import usable_cpus
 from tests.conftest import PMX, ROOT, SteadyLoad, free_port, get, ready_pids, wait_for
 
 PLAIN = "tests.apps.plain:app"
@@ -392,3 +393,12 @@ def test_status_json_has_the_fields_its_reference_documents(pmx):
                                  "Worker:")):
         assert list(got) == list(shown), heading
         assert sorted(got) == sorted(_documented_fields(heading)), heading
+
+
+def test_status_and_describe_say_what_auto_acts_as(pmx):
+    port = free_port()
+    pmx.ok("start", PLAIN, "-i", "1", "--name", "web", "--bind", f"127.0.0.1:{port}")
+    wait_for(lambda: pmx.app("web")["workers"], 30, "a worker")
+    acting = f"auto: least-busy, 1 worker(s) on {usable_cpus()} CPU(s)"
+    assert pmx.app("web")["balancing"] == acting
+    assert f"balance    {acting}\n" in pmx.ok("describe", "web")

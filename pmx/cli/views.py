@@ -44,7 +44,7 @@ def describe(name: str, as_json: bool) -> None:
         f"app        {info['app']}",
         f"state      {info['state']}",
         f"bind       {info['bind']}",
-        f"balance    {info['balance']}",
+        f"balance    {info.get('balancing') or info['balance']}",
         f"workers    {len(info['workers'])} running, {info['workers_wanted']} wanted",
         f"master     pid {info['master_pid'] or '-'}, {info['restarts']} restart(s)",
         f"out log    {info['logs']['out']}",

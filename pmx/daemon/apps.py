@@ -284,6 +284,7 @@ class ManagedApp:
             "state": self.state.value,
             "bind": self.config.bind,
             "balance": self.config.balance,
+            "balancing": master.get("balancing", ""),
             "workers_wanted": self.config.workers,
             "master_pid": self.master.pid if self.master and self.master.poll() is None else None,
             "restarts": self.restarts,

@@ -126,6 +126,11 @@ class Master:
         return self.policy.name
 
     @property
+    def balancing(self) -> str:
+        """What the policy does now (``auto`` names the one it acts as)."""
+        return self.policy.describe()
+
+    @property
     def connections_moved(self) -> int:
         """Kept-alive connections handed back and handed on, over the app's life."""
         return self.rebalance.moved

@@ -47,6 +47,7 @@ def snapshot(master: Observed) -> dict[str, Any]:
         "bind": str(master.address),
         "admin": master.admin_address,
         "balance": master.policy_name,
+        "balancing": master.balancing,
         "workers_wanted": master.config.workers,
         "connections_moved": master.connections_moved,
         "master_pid": os.getpid(),
