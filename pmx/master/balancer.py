@@ -43,11 +43,10 @@ each worker by, in order:
      often while those requests only await, and it publishes by how much: its slack,
      pmx.worker.process QUIET_BEAT), and an idle one every 100 ms.
    - *stuck briefly*: its stamp is older than ``STUCK`` past its slack with requests
-     in flight (or,
-     idle, older than 250 ms, or it has an fd unread for 25 ms: ``Worker.snapshot``),
-     for less than ``HELD_STUCK``, and nothing it runs is known to block. On a busy
-     machine that is most often a loop waiting for a CPU, which the scheduler gives it
-     within its period.
+     in flight (or, idle, older than 250 ms, or it has an fd unread for 25 ms:
+     ``Worker.snapshot``), for less than ``HELD_STUCK``, and nothing it runs is known
+     to block. On a busy machine that is most often a loop waiting for a CPU, which the
+     scheduler gives it within its period.
    - *holds a connection that blocks*: the worker marks an open connection whose last
      request held its loop for over ``STUCK`` in one go (``pmx.worker.blocks``); the
      mark goes when the connection closes or its next request does not block. A
@@ -75,35 +74,36 @@ each worker by, in order:
 Nothing in the rank decays or is tuned to a workload: each part is a fact about the
 worker at the moment of the pick, and each rule says why it predicts a wait.
 
-packed, for more workers than CPUs ---------------------------------- With more workers
-than the CPUs they may use (C, pmx.cpus), spreading costs CPU: each worker serves its
-share and sleeps, so nearly every request wakes a process whose caches the others have
-filled since it last ran (docs/architecture.md, "More workers than cores"). packed ranks
-as least-busy does, with two changes for a connection just accepted, whose request is
-about to be served. The first C workers not held by their app (a connection that blocks,
-a request for a path that blocks, held for over ``HELD_STUCK``, or full), holding no
-connection that has blocked its loop lately (in the last 5 s: pmx.worker.blocks
-``blocked``) and not *saturated* are *active*, and an active worker comes before any
-other whatever its load. Packing bets that an active loop serves the connection at once;
-a loop whose connections block now and then (heavy-tailed durations) loses that bet
-whenever one does, while its mark, which goes at the connection's next request that does
-not block, is off most of the time. Such connections are gathered on few workers
-(pmx.master.rebalance), so the others stay clean to pack on; when every worker holds
-one, packed is least-busy. Within the active ones, and then among the others,
-least-busy's rank decides. A loop merely stuck stays active: with more loops runnable
-than CPUs it most likely waits for a CPU, which a spare woken for the connection would
-wait for too. A worker is saturated when every thread of its app's pool is taken
-(pmx.worker.pool: a WSGI app's, where each request takes one, or anyio's, where an ASGI
-app runs its synchronous code), counting each connection handed to it in the same burst
-as a request about to take one: its loop turns, but a new request there may wait for a
-thread while a spare worker's threads are idle (measured, 16 workers on 2 CPUs, 64
-clients on a WSGI view sleeping 50 ms: packed without this served 3.9k of their requests
-against least-busy's 9.0k, and 136 fast requests a second against 746; with it, as many
-as least-busy). Connections handed back idle between two requests (a join, a drain) are
-placed as least-busy places them, where connections are fewest. What packed gives up:
-connections opened together are not spread evenly, and when a loop starts to block more
-connections are already waiting in it than when they are spread (docs/benchmarks.md has
-both).
+packed, for more workers than CPUs
+----------------------------------
+With more workers than the CPUs they may use (C, pmx.cpus), spreading costs CPU: each
+worker serves its share and sleeps, so nearly every request wakes a process whose caches
+the others have filled since it last ran (docs/architecture.md, "More workers than
+cores"). packed ranks as least-busy does, with two changes for a connection just
+accepted, whose request is about to be served. The first C workers not held by their app
+(a connection that blocks, a request for a path that blocks, held for over
+``HELD_STUCK``, or full), holding no connection that has blocked its loop lately (in the
+last 5 s: pmx.worker.blocks ``blocked``) and not *saturated* are *active*, and an active
+worker comes before any other whatever its load. Packing bets that an active loop serves
+the connection at once; a loop whose connections block now and then (heavy-tailed
+durations) loses that bet whenever one does, while its mark, which goes at the
+connection's next request that does not block, is off most of the time. Such connections
+are gathered on few workers (pmx.master.rebalance), so the others stay clean to pack on;
+when every worker holds one, packed is least-busy. Within the active ones, and then
+among the others, least-busy's rank decides. A loop merely stuck stays active: with more
+loops runnable than CPUs it most likely waits for a CPU, which a spare woken for the
+connection would wait for too. A worker is saturated when every thread of its app's pool
+is taken (pmx.worker.pool: a WSGI app's, where each request takes one, or anyio's, where
+an ASGI app runs its synchronous code), counting each connection handed to it in the
+same burst as a request about to take one: its loop turns, but a new request there may
+wait for a thread while a spare worker's threads are idle (measured, 16 workers on 2
+CPUs, 64 clients on a WSGI view sleeping 50 ms: packed without this served 3.9k of their
+requests against least-busy's 9.0k, and 136 fast requests a second against 746; with it,
+as many as least-busy). Connections handed back idle between two requests (a join, a
+drain) are placed as least-busy places them, where connections are fewest. What packed
+gives up: connections opened together are not spread evenly, and when a loop starts to
+block more connections are already waiting in it than when they are spread
+(docs/benchmarks.md has both).
 
 To add a policy, write one class with a ``name``, ``ranks`` and ``share`` (and
 ``waits`` if it ever holds connections back) and list it in ``POLICIES``.
