@@ -114,7 +114,7 @@ def test_a_worker_sleeps_from_one_request_to_the_next(pmx_run):
 def test_a_worker_holding_quiet_requests_slows_its_heartbeat(pmx_run):
     """Requests in flight that only await (long polls, WebSockets) keep the heartbeat
     on, but while none starts or ends it slows down to QUIET_BEAT: the loop is not
-    woken a thousand times a second for nothing. A new request brings it back."""
+    woken a thousand times a second for nothing, and it still serves a new request."""
     run = pmx_run("tests.apps.plain:app", "-i", "1")
     run.wait_serving(1)
     worker = run.workers()[0]
