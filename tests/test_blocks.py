@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from time import perf_counter
 
 import pytest
 
 from pmx.worker.blocks import (
     FORGET,
     MAX_PATHS,
+    RESAMPLE,
     VISIT,
     BlockWatch,
     SchedStat,
@@ -209,7 +211,7 @@ def test_a_connection_is_marked_on_its_second_blocking_request_until_one_does_no
     request(blocks, lambda: blocking(BLOCK * 2), kept_alive)
     assert blocks.count == 1
     request(blocks, lambda: awaiting(BLOCK * 4), kept_alive)  # slow, but the loop was free
-    assert blocks.count == 0 and blocks.suspects == {kept_alive.connection}
+    assert blocks.count == 0 and not blocks.suspects  # it awaited: nothing to suspect
     # told of each change once; the path blocked too, so the third and fourth requests
     # were holding while they ran
     assert counts == [(1, 0), (1, 1), (1, 0), (1, 1), (1, 0), (0, 0)]
@@ -429,6 +431,38 @@ def test_other_paths_are_not_held_and_a_path_that_stops_blocking_is_forgotten():
     once(blocks, lambda: awaiting(BLOCK * 4), "/poll")
     once(blocks, lambda: awaiting(BLOCK * 4), "/poll")
     assert blocks.paths == {"/poll": False}  # slow but awaiting: suspect, never holding
+
+
+def test_a_path_that_awaits_is_timed_as_a_whole_until_it_is_sampled_again(monkeypatch):
+    """A path whose stepped request awaited (slow, the loop free) is known to await:
+    its requests are no longer timed step by step, nor do they make their connection a
+    suspect, until RESAMPLE has gone by; then one is stepped again, and if it blocked,
+    the path is a blocking one from then on."""
+    blocks, _counts = watch()
+    kept_alive = Send(Connection())
+    request(blocks, lambda: awaiting(BLOCK * 4), kept_alive, "/poll")  # judged whole
+    assert blocks.suspects == {kept_alive.connection} and not blocks.awaiting
+    request(blocks, lambda: awaiting(BLOCK * 4), kept_alive, "/poll")  # stepped: awaits
+    assert "/poll" in blocks.awaiting and not blocks.suspects
+    stepped = []
+    monkeypatch.setattr(blocks, "stepped", lambda *args: stepped.append(args))
+    for _ in range(3):  # timed whole: no stepping, no suspicion
+        request(blocks, lambda: awaiting(BLOCK * 4), kept_alive, "/poll")
+    assert stepped == [] and not blocks.suspects
+    monkeypatch.undo()
+    # RESAMPLE later, its code blocks: that request is stepped, and says so.
+    blocks.awaiting["/poll"] -= RESAMPLE
+    request(blocks, lambda: blocking(BLOCK * 2), kept_alive, "/poll")
+    assert "/poll" in blocks.blocking_paths and "/poll" not in blocks.awaiting
+
+
+def test_paths_known_to_await_are_bounded_and_expire():
+    blocks, _ = watch()
+    for number in range(MAX_PATHS + 10):
+        blocks.stepped(Send(Connection()), f"/poll/{number}", BLOCK * 4, BLOCK / 10)
+    assert len(blocks.awaiting) == MAX_PATHS and "/poll/0" not in blocks.awaiting
+    blocks.visit(Send(Connection()), "/", perf_counter() + RESAMPLE + VISIT)
+    assert not blocks.awaiting
 
 
 def test_the_paths_remembered_are_bounded():

@@ -52,7 +52,8 @@ class RequestHooks:
                 blocked = blocks.paths.get(path)  # None: never slow; True: it blocked
                 started = perf_counter()
                 blocks.visit(send, path, started)
-                if connection is None and blocked is None and path not in blocks.blocking_paths:
+                if connection is None and path not in blocks.blocking_paths and (
+                        blocked is None or blocks.awaits(path, started)):
                     try:
                         await app(scope, receive, respond)
                     finally:
