@@ -129,6 +129,13 @@ SCENARIOS: list[Scenario] = [
           "128 kept-alive connections looping on /sleep?ms=100 (await asyncio.sleep: "
           "many requests in flight, the loop free)",
           Client("/sleep?ms=100", KEEP, 128)),
+    Scenario("awaiting", "awaiting",
+             "128 kept-alive connections looping on /sleep?ms=100 and nothing else: what "
+             "holding many requests that await (long polls, calls to a slow upstream) "
+             "costs the server",
+             (Client("/sleep?ms=100", KEEP, 128, fast=True),),
+             figures=("cpu", "rp50", "rp99"), targets=(Target("cpu", "<=", 1.0),),
+             headline=("cpu",)),
     mixed("wsgi", "wsgi",
           "the WSGI app (bench/wsgi_app.py): 16 clients on /slow, whose view sleeps "
           "50 ms in the thread pool (10 threads per worker), new connections; /fast also "
@@ -178,6 +185,7 @@ FAMILIES: dict[str, str] = {
     "blockers": "Several blocking clients, plus fast clients",
     "cpu": "CPU-bound requests mixed with fast",
     "sleep": "Awaiting requests mixed with fast",
+    "awaiting": "Awaiting requests alone: the cost of holding them",
     "wsgi": "A WSGI view blocking in the thread pool, plus fast clients",
     "tail": "Heavy-tailed request durations, plus fast clients",
     "spread": "Connection spread right after start",
