@@ -71,8 +71,8 @@ path. A path is thus marked on its second blocking request, a connection on its 
 on its first for a path already marked (a connection gathered from another worker is
 marked again at once), and a long poll is never marked. A path whose stepped request
 awaited is known to await for RESAMPLE seconds: its requests are timed whole again and
-make no suspects (each would be slow, and stepping them all cost ten times the 3 µs of
-a fast request), and the first one after that is stepped again.
+make no suspects (each would be slow, and stepping them all cost 12-20 µs more a
+request, below), and the first one after that is stepped again.
 
 Preemption. A step's wall time is also what the loop's thread waited for a CPU while
 runnable: on a machine whose cores are all busy the scheduler leaves a runnable thread
@@ -128,9 +128,10 @@ VISIT = 0.1
 # connections are not made suspects by their wall time, except the first request after
 # this long, which is stepped again: a path whose code starts to block is known within
 # RESAMPLE. Stepping every request of such a path (each is slow, so each kept its path
-# and connection suspect) cost 25-40 µs of CPU a request, not the 3 µs of a fast one
-# (measured: 128 kept-alive connections looping on a 100 ms ``await asyncio.sleep``,
-# 2 workers, least-busy: 173-189 µs of CPU a request, 148 µs without the stepping).
+# and connection suspect) cost more than the 3 µs of a fast one (measured: 128
+# kept-alive connections looping on a 100 ms ``await asyncio.sleep``, 2 workers,
+# least-busy, alternating runs: 172-179 µs of CPU a request stepping them all, 159-160
+# µs so).
 RESAMPLE = 1.0
 
 
