@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import select
 import signal
 import socket
 import threading
@@ -348,3 +349,24 @@ def whole_response(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += sock.recv(4096)
     return head
+
+
+@pytest.mark.parametrize("head_limit", ["32K", "0"])
+def test_a_408_reaches_a_client_that_goes_on_sending_before_it_reads(pmx_run, head_limit):
+    """A slow client is still sending its head when the 408 goes out, and reads only
+    later: the connection is closed in stages (this side shut down; what still comes
+    read and dropped, or left unread without a head limit), so what it sends meanwhile
+    does not make the kernel answer with a reset that would destroy the 408 before the
+    client reads it."""
+    run = pmx_run("tests.apps.plain:app", "-i", "1", "--header-timeout", "1",
+                  "--max-header-size", head_limit)
+    run.wait_serving(1)
+    slow = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+    slow.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n")
+    # Wait, without reading, until the answer has arrived: then send more.
+    wait_for(lambda: select.select([slow], [], [], 0)[0], 10, "the 408 to arrive")
+    for _ in range(5):
+        slow.sendall(b"X-More: b\r\n")
+    answer = slow.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    slow.close()

@@ -50,7 +50,7 @@ from uvicorn._compat import asyncio_run
 from uvicorn.config import LOGGING_CONFIG
 
 from pmx.config import AppConfig
-from pmx.worker.heads import head_limited
+from pmx.worker.heads import head_limited, linger_close
 from pmx.worker.metrics import PROBE_EXTENSION
 
 
@@ -337,15 +337,15 @@ class UvicornBridge:
         for protocol in self.server.server_state.connections:
             if not hasattr(protocol, "cycle") or protocol.timeout_keep_alive_task is not None:
                 continue  # not HTTP (a WebSocket), or idle between requests
+            if getattr(protocol, "_refused", False):
+                continue  # answered (408, 431) and closing
             cycle: Any = protocol.cycle
             if cycle is not None and not cycle.response_complete:
                 continue  # a request is being served
             since = waiting.get(protocol, now)
             if now - since > limit:
-                transport = protocol.transport
-                if not transport.is_closing():
-                    transport.write(_REQUEST_TIMEOUT)
-                    transport.close()
+                if not protocol.transport.is_closing():
+                    linger_close(protocol, _REQUEST_TIMEOUT)
                     closed += 1
                 continue
             seen[protocol] = since

@@ -38,7 +38,7 @@ def head_limited(protocol_class: type[Any], limit: int) -> type[Any]:
 
     class HeadLimited(protocol_class):  # type: ignore[misc, valid-type]
         _head = 0  # bytes received since the last head completed
-        _refused = False  # answered 431: what comes now is read and dropped
+        _refused = False  # answered (431, 408): what comes now is read and dropped
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
@@ -61,22 +61,28 @@ def head_limited(protocol_class: type[Any], limit: int) -> type[Any]:
             if transport.is_closing() or transport.get_protocol() is not self:
                 return  # a parse error answered, or upgraded to a WebSocket
             if self.cycle is cycle:
-                self._refuse(transport)
+                linger_close(self, _TOO_LARGE)
                 return
             self._head = 0
             self.data_received(data[room:])  # a body, or the next head
 
-        def _refuse(self, transport: Any) -> None:
-            """Answer 431 and close in stages (a "lingering close", RFC 9112 9.6): this
-            side is shut down once the answer is out, and what the client still sends
-            is read and dropped until it closes or LINGER seconds pass. Closing at once,
-            with the rest of the head unread, would make the kernel send a reset, which
-            can destroy the answer before the client has read it."""
-            self._refused = True
-            transport.write(_TOO_LARGE)
-            if transport.can_write_eof():
-                transport.write_eof()
-            self.loop.call_later(LINGER, transport.close)
-
     HeadLimited.__name__ = HeadLimited.__qualname__ = f"HeadLimited{protocol_class.__name__}"
     return HeadLimited
+
+
+def linger_close(protocol: Any, answer: bytes) -> None:
+    """Answer on ``protocol``'s connection and close it in stages (a "lingering close",
+    RFC 9112 9.6): this side is shut down once the answer is out, and the connection is
+    closed LINGER seconds later. Closing at once, with a head still arriving, would
+    make the kernel answer the client's next bytes with a reset, which can destroy the
+    answer before the client has read it. A ``head_limited`` protocol reads what the
+    client still sends and drops it; another one stops reading (what comes meanwhile
+    waits in the kernel, and the close, seconds after the answer, may still reset)."""
+    transport = protocol.transport
+    if not hasattr(protocol, "_refused"):  # not head_limited: it would parse what comes
+        transport.pause_reading()
+    protocol._refused = True  # answered: not to be answered again
+    transport.write(answer)
+    if transport.can_write_eof():
+        transport.write_eof()
+    protocol.loop.call_later(LINGER, transport.close)
