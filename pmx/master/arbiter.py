@@ -466,7 +466,7 @@ class Master:
         """Release what the master holds of an exited worker."""
         self.live.remove(worker)
         unread = worker.reclaim()  # connections it never picked up go to the others
-        self._out_of_rotation(worker)
+        self.dispatch.remove(worker)
         asyncio.get_running_loop().remove_reader(worker.chan.fileno())
         self._on_message(worker)  # a last ERROR may still be queued
         if unread:
