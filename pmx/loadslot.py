@@ -84,14 +84,16 @@ class LoadSlot:
     def put(self, received: int, connections: int, inflight: int, requests: int,
             blockers: int, holding: int = 0, budget: int = 0, blocked: int = 0,
             calm_visits: int = 0, blocking_visits: int = 0, settled: int = 0,
-            threads_taken: int = 0, slack: float = 0.0) -> None:
-        """Write the counters, stamped with the time (the worker's hot path)."""
+            threads_taken: int = 0, slack: float = 0.0) -> float:
+        """Write the counters, stamped with the time (the worker's hot path); the
+        stamp."""
         # Not pack_into: it zeroes the whole record before filling it in, and a reader
         # in between would see zeros. A slice assignment only ever overwrites bytes.
+        now = _monotonic()
         self.memory[:_SIZE] = _pack(received, connections, inflight, requests, blockers,
                                     holding, budget, blocked, calm_visits,
-                                    blocking_visits, settled, threads_taken, slack,
-                                    _monotonic())
+                                    blocking_visits, settled, threads_taken, slack, now)
+        return now
 
     def raw(self) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, float,
                            float]:

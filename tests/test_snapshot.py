@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pmx.loadslot import LoadSlot
-from pmx.master.balancer import Snapshot
+from pmx.master.balancer import STUCK, Snapshot
 from pmx.master.workers import IDLE_STUCK, UNREAD_STUCK, Worker
 
 
@@ -66,3 +66,38 @@ def test_load_counts_fds_in_the_channel_and_open_connections(worker):
     worker.handed(4, 0.0)
     worker.handed(3, 0.0)
     assert worker.load == 3 + 2
+
+
+class Peek:
+    """Stands in for LoopPeek: what the kernel says of the worker's loop."""
+
+    def __init__(self, waiting: bool) -> None:
+        self.answer = waiting
+        self.asked = 0
+
+    def waiting(self) -> bool:
+        self.asked += 1
+        return self.answer
+
+
+def test_a_loop_seen_waiting_in_epoll_is_not_stuck_for_lack_of_stamps(worker):
+    worker.peek = Peek(waiting=True)
+    at = stamp(worker, connections=1, inflight=1)
+    # A fresh stamp is trusted without asking the kernel.
+    assert worker.snapshot(at + STUCK * 0.5).stuck == pytest.approx(STUCK * 0.5)
+    assert worker.peek.asked == 0
+    # A stale one is checked: the loop waits for its requests' I/O, so it is not stuck.
+    assert worker.snapshot(at + 0.100).stuck == 0.0
+    # Asked at most once per STUCK: within it, stuck counts from the last time seen.
+    assert worker.snapshot(at + 0.100 + STUCK * 0.5).stuck == pytest.approx(STUCK * 0.5)
+    assert worker.peek.asked == 1
+
+
+def test_a_loop_held_outside_epoll_stays_stuck(worker):
+    worker.peek = Peek(waiting=True)
+    at = stamp(worker, connections=1, inflight=1)
+    assert worker.snapshot(at + 0.100).stuck == 0.0
+    # Then a request blocks the loop: no stamp, and the kernel no longer sees it wait.
+    worker.peek.answer = False
+    assert worker.snapshot(at + 0.300).stuck == pytest.approx(0.200)
+    assert worker.snapshot(at + 0.500).stuck == pytest.approx(0.400)

@@ -19,8 +19,9 @@ from pmx import channel
 from pmx.config import AppConfig
 from pmx.errors import BootError
 from pmx.loadslot import Load, LoadSlot
-from pmx.master.balancer import Snapshot, snapshot_of
+from pmx.master.balancer import STUCK, Snapshot, snapshot_of
 from pmx.master.health import HealthCheck
+from pmx.master.peek import LoopPeek
 
 log = logging.getLogger("pmx.master")
 
@@ -88,6 +89,10 @@ class Worker:
     error: str = ""  # boot error text the worker sent before exiting
     threads: int = 0  # its app's thread pool (WSGI), as its READY said; 0: none
     pidfd: int = -1  # readable once the process has exited (-1: none, poll on each tick)
+    # Whether its loop waits in epoll, asked of the kernel (pmx.master.peek): where
+    # there is one, the worker stamps its slot only as often as it is awake anyway.
+    peek: LoopPeek | None = None
+    waiting_seen: float = 0.0  # when the peek last saw its loop wait
     # (``sent`` after a hand-off, when) for hand-offs the worker has not read all of
     handoffs: deque[tuple[int, float]] = field(default_factory=deque)
     # Set for a worker started to replace another (reload, recycling): if it fails
@@ -168,15 +173,21 @@ class Worker:
 
         Stuck: with requests in flight, the time since its last stamp (a turning loop
         stamps every HEARTBEAT), less the slack it published with that stamp (a quiet
-        one stamps less often, and says so); idle, the time since its last stamp past
-        IDLE_STUCK (it stamps every TICK); with an fd unread in its inbox for over
-        UNREAD_STUCK, the time since it was sent."""
+        one stamps less often, and says so), or since the master last saw its loop
+        wait in epoll, asked of the kernel when the stamp is older than STUCK (a worker
+        the master can see that way stamps only while it is awake anyway); idle, the
+        time since its last stamp past IDLE_STUCK (it stamps every TICK); with an fd
+        unread in its inbox for over UNREAD_STUCK, the time since it was sent."""
         if self.slot is None:
             return Snapshot(self.sent, 0, 0.0, 0, threads=self.threads)
         (received, connections, inflight, _requests, blockers, holding, budget, blocked,
          _calm_visits, _blocking_visits, _settled, taken, slack, active_at) = self.slot.raw()
         stuck = now - active_at - slack
-        if not inflight and stuck < IDLE_STUCK:
+        if inflight and stuck > STUCK and self.peek is not None:
+            if now - self.waiting_seen > STUCK and self.peek.waiting():
+                self.waiting_seen = now
+            stuck = min(stuck, now - self.waiting_seen)
+        elif not inflight and stuck < IDLE_STUCK:
             stuck = 0.0
         handoffs = self.handoffs
         while handoffs and handoffs[0][0] <= received:
@@ -210,6 +221,9 @@ class Worker:
         if self.slot is not None:
             self.slot.close()
             self.slot = None
+        if self.peek is not None:
+            self.peek.close()
+            self.peek = None
         if self.pidfd >= 0:
             asyncio.get_running_loop().remove_reader(self.pidfd)
             os.close(self.pidfd)
@@ -268,8 +282,10 @@ def launch(
         raise
     finally:
         child.close()
+    peek = LoopPeek.open(process.pid) if watch_blocks else None
     hello = {"worker_id": worker_id, "config": config.to_child(), "log_prefix": log_prefix,
-             "live_load": live_load, "watch_blocks": watch_blocks}
+             "live_load": live_load, "watch_blocks": watch_blocks,
+             "loop_seen": peek is not None}
     channel.send_hello(parent, hello)
     parent.setblocking(False)
     inbox.setblocking(False)
@@ -279,7 +295,7 @@ def launch(
     pidfd = os.pidfd_open(process.pid) if HAS_PIDFD else -1
     return Worker(
         id=worker_id, process=process, chan=parent, started_at=now, replacement=replacement,
-        inbox=inbox, inbox_back=inbox_back, slot=slot, pidfd=pidfd,
+        inbox=inbox, inbox_back=inbox_back, slot=slot, pidfd=pidfd, peek=peek,
         health=HealthCheck(fall=config.health_fall, rise=config.health_rise,
                            replace_after=2 * config.health_fall),
         request_limit=limit if config.max_requests else 0,

@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 
 from setproctitle import setproctitle
@@ -52,8 +53,21 @@ HEARTBEAT = 0.001
 # 1.6 % (uvicorn's workers: 0.2 %). The price: a quiet loop that then blocks is seen
 # stuck up to 15 ms later than a busy one, about the delay a busy machine's scheduler
 # gives any runnable process. Any start or end of a request, or a new connection, brings
-# the heartbeat back to HEARTBEAT at once.
+# the heartbeat back to HEARTBEAT at once (unless the master sees the loop wait: below).
 QUIET_BEAT = 0.016
+# Where the master can see the loop wait in epoll (pmx.master.peek), stamps are not
+# what tells it that a quiet loop still turns, so the heartbeat need not wake it: the
+# beat stays at HEARTBEAT only while the loop was busy for at least this share of the
+# time since the last beat (awake anyway, a beat costs no wake-up, and one write stands
+# for many changes); otherwise it slows down as a quiet loop's does, and each change is
+# published as it happens, at most once per HEARTBEAT, with no timer of its own.
+# Measured with 128 kept-alive connections looping on a 100 ms ``await
+# asyncio.sleep`` (2 workers, six alternating runs): 0.19-0.27 voluntary context
+# switches per request in the workers against 0.35-0.46 when any change brought the
+# beat back to HEARTBEAT (a change every 0.8 ms kept it there; round-robin's workers,
+# which keep no slot up to date: 0.11-0.18), and 103-144 µs of CPU per request
+# (median 118) against 113-133 (median 130; round-robin 78-113).
+BUSY_SHARE = 0.5
 # Seconds between two ticks of the idle loop: uvicorn's date header, the slot stamp that
 # tells the master the loop turns (pmx.master.workers IDLE_STUCK), the parent check.
 TICK = 0.1
@@ -80,6 +94,9 @@ class WorkerServer:
         self.beat: asyncio.TimerHandle | None = None
         self.interval = HEARTBEAT  # until the next beat
         self.stirred = False  # since the last beat: a request started or ended, ...
+        self.seen = False  # the master sees the loop wait (pmx.master.peek)
+        self.beat_mark = (0.0, 0.0)  # (monotonic, thread CPU time) at the last beat
+        self.published = 0.0  # when the slot was last written (monotonic)
         self.shown_busy = False  # the slot last said: requests in flight
         self.settled = 0  # connections open at the last two looks (pmx.loadslot)
         self.blocks: BlockWatch | None = None  # least-busy: connections that block
@@ -239,9 +256,10 @@ class WorkerServer:
             self.slot.put(*counters, 0, 0, capacity.connections, settled=self.settled,
                           threads_taken=taken)
         else:
-            self.slot.put(*counters, blocks.count, blocks.holding, capacity.connections,
-                          len(blocks.blocked), blocks.calm_visits, blocks.blocking_visits,
-                          self.settled, taken, self.interval - HEARTBEAT)
+            self.published = self.slot.put(
+                *counters, blocks.count, blocks.holding, capacity.connections,
+                len(blocks.blocked), blocks.calm_visits, blocks.blocking_visits,
+                self.settled, taken, 0.0 if self.seen else self.interval - HEARTBEAT)
         self.shown_busy = counters[2] > 0
 
     def changed(self) -> None:
@@ -263,6 +281,10 @@ class WorkerServer:
         if busy and self.shown_busy and self.beat is not None:
             if self.interval == HEARTBEAT:
                 return  # the heartbeat publishes within HEARTBEAT
+            if self.seen:  # slowed on a loop that mostly sleeps: no more than the beat's rate
+                if time.monotonic() - self.published >= HEARTBEAT:
+                    self.publish()
+                return
             self.beat.cancel()  # it was slowed down: back to HEARTBEAT now
             self.beat = None
         self.interval = HEARTBEAT
@@ -271,6 +293,7 @@ class WorkerServer:
         if busy:
             if beat is None:
                 self.beat = self.bridge.loop.call_later(HEARTBEAT, self._beat)
+                self.beat_mark = (time.monotonic(), time.thread_time())
         elif beat is not None:
             beat.cancel()
             self.beat = None
@@ -278,7 +301,13 @@ class WorkerServer:
     def _beat(self) -> None:
         self.beat = None
         if self.tasks:
-            if self.stirred:
+            if self.seen:
+                now, cpu = time.monotonic(), time.thread_time()
+                then, cpu_then = self.beat_mark
+                self.beat_mark = (now, cpu)
+                busy = cpu - cpu_then >= BUSY_SHARE * (now - then)
+                self.interval = HEARTBEAT if busy else min(self.interval * 2, QUIET_BEAT)
+            elif self.stirred:
                 self.stirred = False
                 self.interval = HEARTBEAT
             else:
@@ -394,6 +423,7 @@ def main() -> None:
         if blocks is not None:
             blocks.on_change = server.publish  # now: a holding request is about to block
     server.live = live
+    server.seen = live and blocks is not None and bool(hello.get("loop_seen"))
     server.metrics = metrics
     server.hooks = hooks
     server.handback = HandBack(chan, bridge, hooks, blocks)
