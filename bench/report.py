@@ -198,11 +198,16 @@ def report(res: Results) -> str:
             "make bench BENCH_ARGS=\"--workers 2,4,16\"  # and more workers than cores\n"
             ".venv/bin/python bench/run.py --only tail,spread --workers 2 --servers pmx,uvicorn\n"
             ".venv/bin/python bench/run.py --help    # durations, repeats, subsets, ...\n"
+            ".venv/bin/python bench/ab.py HEAD~1 HEAD --only tail  # pmx against itself\n"
             "```\n",
             "A run replaces this file (`--output FILE` writes elsewhere, `--output -` only "
             "prints) and keeps the raw figures (`results.json`) and every server's log in "
             "`bench/results/DATE-TIME/`, which git ignores; `--from-results DIR` writes the "
-            "report of such a run again.\n"]
+            "report of such a run again. `bench/ab.py` measures a change: pmx at two "
+            "revisions or more (git revisions or directories), each running its own "
+            "harness once a round with one repeat, the order rotating from round to round; "
+            "it prints each figure's median and values, and the share of pairs of runs "
+            "each later revision wins.\n"]
     out += targets_section(res)
     out += families_section(res)
     out += pmx_section(res.cfg, res.chosen, res.scenarios, res.runs, res.churn, res.status,

@@ -12,7 +12,8 @@ The workload families are data (bench/scenarios.py); the harness around them: pr
 measurement (measure.py), the matrix of scenarios x worker counts x servers
 (matrix.py), pmx under its daemon (pmxd.py), kept-alive connections through scale-up
 and reload with rebalancing on and off (rebalance.py), and the report (report.py, with
-figures.py, targets.py, pmxreport.py, method.py, machine.py).
+figures.py, targets.py, pmxreport.py, method.py, machine.py). To tell whether a change
+moved a figure, bench/ab.py runs it against pmx at other revisions, in alternating runs.
 
 The report (Markdown) goes to stdout and to docs/benchmarks.md (``--output``); the raw
 figures and every server's log go to bench/results/TIMESTAMP/.
