@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import weakref
 from time import perf_counter
 
 import pytest
@@ -351,6 +352,23 @@ def test_a_connection_that_closes_takes_its_mark_with_it():
     assert counts == [(1, 0)]
     blocks.forget(connection)
     assert blocks.count == 0 and not blocks.suspects and counts == [(1, 0), (0, 0)]
+
+
+def test_nothing_of_a_closed_connection_is_kept():
+    """Its visit stays counted, but no set of the watch holds it once it closed (it would
+    keep its objects alive until the window ends)."""
+    blocks, _ = watch()
+    start = 10000.5 * VISIT
+    blocks.blocking_paths["/slow"] = start
+    calm, slow = Connection(), Connection()
+    blocks.visit(Send(calm), "/fast", start)
+    blocks.visit(Send(slow), "/slow", start)
+    gone = weakref.ref(calm), weakref.ref(slow)
+    blocks.forget(calm)
+    blocks.forget(slow)
+    del calm, slow
+    assert [ref() for ref in gone] == [None, None]
+    assert (blocks.calm_visits, blocks.blocking_visits) == (1, 1)
 
 
 def test_a_connection_closing_as_its_request_ends_is_not_marked():

